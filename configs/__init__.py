@@ -1,0 +1,1 @@
+"""Configs: `base.py` holds every field with its comment; dataset files override a few."""

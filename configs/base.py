@@ -1,0 +1,66 @@
+"""Base config: every field jaxddpm reads, with what it does and a sensible range.
+
+Dataset configs (mnist.py, fmnist.py, ...) import this and override a few fields.
+Override any field on the command line: `--config.sampling.guidance_scale=3`.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg  # Variants (":cpu", ":smoke") live in the dataset configs.
+  config = ml_collections.ConfigDict()
+
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = "mnist"  # mnist | fashion_mnist | cifar10 | celeb_a.
+  data.image_size = 28  # Height = width in pixels fed to the model.
+  data.channels = 1  # 1 for MNIST-like, 3 for CIFAR-10 / CelebA.
+  data.num_classes = 10  # Classes (one-hot), or K attributes (multi-hot, CelebA: 40).
+  data.conditioning = "class"  # class (int labels [B]) | attributes (multi-hot [B, K]).
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "unet"  # unet (default, ADM-style) | template (the seed's course U-Net).
+  model.template_preset = "small"  # For name=template: small (32,64,128) | wide (64,128,256).
+  model.base_channels = 64  # UNet width at full resolution; 32-128.
+  model.channel_mults = (1, 2, 2)  # Width multiplier per level; len-1 halvings of the image.
+  model.num_res_blocks = 2  # Residual blocks per level; 1-3.
+  model.attention_resolutions = (14, 7)  # Pixel sizes with self-attention; must be levels.
+  model.num_heads = 4  # Attention heads; must divide the channels there.
+  model.dropout = 0.1  # Residual-block dropout in training; 0-0.3.
+  model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
+
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.schedule = "cosine"  # linear | cosine.
+  diffusion.num_timesteps = 1000  # T training timesteps; 100-4000.
+  diffusion.beta_start = 1e-4  # Linear schedule: β_0.
+  diffusion.beta_end = 0.02  # Linear schedule: β_{T-1}.
+  diffusion.cosine_s = 0.008  # Cosine schedule offset s (Nichol & Dhariwal).
+  diffusion.max_beta = 0.999  # Cosine schedule: clip β here; 0.99-0.999.
+  diffusion.zero_terminal_snr = False  # Rescale so ᾱ_{T-1} = 0 (needs prediction v or x0).
+  diffusion.prediction = "eps"  # What the model predicts: eps | x0 | v.
+  diffusion.loss_weighting = "uniform"  # uniform | min_snr.
+  diffusion.min_snr_gamma = 5.0  # γ for min_snr weighting; 1-20.
+  diffusion.p_uncond = 0.1  # CFG label-dropout probability in training; 0.1-0.2.
+
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.sampler = "ddim"  # ddim | ddpm.
+  sampling.steps = 50  # Denoising steps (respaced); 1..T. DDPM is best at T.
+  sampling.eta = 0.0  # DDIM noise: 0 deterministic, 1 ≈ DDPM.
+  sampling.guidance_scale = 2.0  # CFG scale s: 0 uncond, 1 cond, >1 stronger; 1-5.
+  sampling.clip_x0 = True  # Clip predicted x_0 to [-1, 1]: what keeps sampling stable.
+  sampling.variance = "small"  # DDPM variance: small (β̃_t) | large (β_t).
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.optimizer = "adam"  # adam | adamw.
+  optim.lr = 2e-4  # Peak learning rate; 1e-4-1e-3.
+  optim.b1 = 0.9  # Adam β1.
+  optim.b2 = 0.999  # Adam β2.
+  optim.weight_decay = 0.0  # AdamW decoupled weight decay; 0-0.05.
+  optim.grad_clip = 1.0  # Clip gradients to this global norm; 0 disables.
+  optim.warmup_steps = 500  # Linear LR warmup; 0 disables.
+  optim.ema_decay = 0.9995  # EMA of params used for sampling; 0.999-0.9999.
+
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 128  # Global batch size.
+  train.seed = 0  # Root PRNG seed: init, data order, noise.
+  return config

@@ -1,0 +1,142 @@
+"""Forward process, prediction parameterisations and the training loss.
+
+With a = sqrt(ᾱ_t) and s = sqrt(1 - ᾱ_t) (so a² + s² = 1):
+  x_t = a·x_0 + s·ε                       (q_sample)
+  v   = a·ε - s·x_0                       (Salimans & Ho 2022)
+  x_0 = (x_t - s·ε)/a = a·x_t - s·v,  ε = (x_t - a·x_0)/s = s·x_t + a·v.
+Conversions take ᾱ per example rather than (schedule, t), so the loss (full
+schedule) and the samplers (respaced schedule) share them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxddpm import schedules as schedules_lib
+
+PREDICTIONS = ("eps", "x0", "v")
+WEIGHTINGS = ("uniform", "min_snr")
+
+
+def check_prediction(prediction: str) -> None:
+  if prediction not in PREDICTIONS:
+    raise ValueError(f"unknown prediction type {prediction!r}; choose one of {PREDICTIONS}.")
+
+
+def _bcast(coef_B: jnp.ndarray, like: jnp.ndarray) -> jnp.ndarray:
+  """[B] -> [B,1,1,...] to broadcast against an image batch."""
+  return jnp.reshape(coef_B, coef_B.shape + (1,) * (like.ndim - coef_B.ndim))
+
+
+def q_sample(schedule: schedules_lib.Schedule, x0: jnp.ndarray, t: jnp.ndarray,
+             noise: jnp.ndarray) -> jnp.ndarray:
+  """Samples q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1-ᾱ_t) I). x0, noise [B,...], t int [B]."""
+  a = _bcast(schedule.sqrt_alpha_bars[t], x0)
+  s = _bcast(schedule.sqrt_one_minus_alpha_bars[t], x0)
+  return a * x0 + s * noise
+
+
+def target(x0: jnp.ndarray, eps: jnp.ndarray, alpha_bar_B: jnp.ndarray,
+           prediction: str) -> jnp.ndarray:
+  """What a `prediction`-type model should output for (x_0, ε) at ᾱ."""
+  check_prediction(prediction)
+  if prediction == "eps":
+    return eps
+  if prediction == "x0":
+    return x0
+  a = _bcast(jnp.sqrt(alpha_bar_B), x0)
+  s = _bcast(jnp.sqrt(1.0 - alpha_bar_B), x0)
+  return a * eps - s * x0
+
+
+def to_x0_eps(pred: jnp.ndarray, x_t: jnp.ndarray, alpha_bar_B: jnp.ndarray,
+              prediction: str) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Converts a model output into (x̂_0, ε̂) at x_t. Exact inverse of `target`.
+
+  eps-prediction divides by sqrt(ᾱ): at ᾱ ≈ 0 (the last cosine step) a small
+  error in ε̂ becomes a huge x̂_0. That is why the samplers clip x̂_0.
+  """
+  check_prediction(prediction)
+  a = _bcast(jnp.sqrt(alpha_bar_B), x_t)
+  s = _bcast(jnp.sqrt(1.0 - alpha_bar_B), x_t)
+  if prediction == "eps":
+    return (x_t - s * pred) / a, pred
+  if prediction == "x0":
+    return pred, (x_t - a * pred) / s
+  return a * x_t - s * pred, s * x_t + a * pred
+
+
+def eps_from_x0(x0: jnp.ndarray, x_t: jnp.ndarray, alpha_bar_B: jnp.ndarray) -> jnp.ndarray:
+  """ε̂ consistent with x_t and a given x̂_0 (used after clipping x̂_0)."""
+  a = _bcast(jnp.sqrt(alpha_bar_B), x_t)
+  s = _bcast(jnp.sqrt(1.0 - alpha_bar_B), x_t)
+  return (x_t - a * x0) / s
+
+
+def loss_weight(alpha_bar_B: jnp.ndarray, prediction: str, weighting: str,
+                min_snr_gamma: float = 5.0) -> jnp.ndarray:
+  """Per-example weight on the MSE of the chosen target.
+
+  min_snr (Hang et al. 2023) caps the effective x_0-space weight at γ:
+  weight_x0 = min(SNR, γ); an eps-MSE already carries SNR, a v-MSE SNR + 1.
+  """
+  if weighting == "uniform":
+    return jnp.ones_like(alpha_bar_B)
+  if weighting != "min_snr":
+    raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS}.")
+  check_prediction(prediction)
+  snr = alpha_bar_B / (1.0 - alpha_bar_B)
+  capped = jnp.minimum(snr, min_snr_gamma)
+  if prediction == "eps":
+    return capped / snr
+  if prediction == "x0":
+    return capped
+  return capped / (snr + 1.0)
+
+
+def label_mask(key: jax.Array, batch_size: int, p_uncond: float) -> jnp.ndarray:
+  """CFG label dropout: True keeps the label, False trains the unconditional model."""
+  return jax.random.uniform(key, (batch_size,)) >= p_uncond
+
+
+def loss_fn(
+    apply_fn: Callable[..., jnp.ndarray],
+    params,
+    schedule: schedules_lib.Schedule,
+    images: jnp.ndarray,
+    labels: jnp.ndarray,
+    key: jax.Array,
+    *,
+    prediction: str = "eps",
+    weighting: str = "uniform",
+    min_snr_gamma: float = 5.0,
+    p_uncond: float = 0.1,
+    train: bool = True,
+) -> jnp.ndarray:
+  """Mean weighted MSE of the denoising objective on one batch.
+
+  Args:
+    apply_fn: `apply_fn(params, x_t, t, labels, use_labels, train=..., rngs=...)`.
+    images: float [B,H,W,C] in [-1, 1].
+    labels: int [B] class indices or float [B,K] multi-hot attributes.
+    key: draws t, ε, the CFG label mask and dropout.
+  Returns:
+    Scalar float32 loss.
+  """
+  B = images.shape[0]
+  k_t, k_noise, k_mask, k_drop = jax.random.split(key, 4)
+  T = schedule.num_steps
+  t = jax.random.randint(k_t, (B,), 0, T)
+  noise = jax.random.normal(k_noise, images.shape, jnp.float32)
+  x_t = q_sample(schedule, images, t, noise)
+  use_labels = label_mask(k_mask, B, p_uncond)
+  pred = apply_fn(params, x_t, schedule.timesteps[t], labels, use_labels, train=train,
+                  rngs={"dropout": k_drop})
+  alpha_bar = schedule.alpha_bars[t]
+  err = (pred.astype(jnp.float32) - target(images, noise, alpha_bar, prediction)) ** 2
+  mse_B = jnp.mean(err, axis=tuple(range(1, err.ndim)))
+  weight = loss_weight(alpha_bar, prediction, weighting, min_snr_gamma)
+  return jnp.mean(weight * mse_B)

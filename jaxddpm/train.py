@@ -1,0 +1,142 @@
+"""Train state and the pure train / eval steps.
+
+`train_step(state, batch, key) -> (state, metrics)` draws everything random from
+`fold_in(key, state.step)`, so a run resumed at step k draws exactly what an
+uninterrupted run draws at step k.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxddpm import diffusion, models
+from jaxddpm import schedules as schedules_lib
+
+OPTIMIZERS = ("adam", "adamw")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray  # int32 scalar: optimizer steps taken.
+  params: Any
+  ema_params: Any  # Exponential moving average of params, used for sampling.
+  opt_state: Any
+
+
+def make_optimizer(optim) -> optax.GradientTransformation:
+  """Adam / AdamW with optional warmup, gradients clipped by global norm first."""
+  if optim.optimizer not in OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {optim.optimizer!r}; choose one of {OPTIMIZERS}.")
+  if not optim.lr > 0:
+    raise ValueError(f"optim.lr must be > 0, got {optim.lr}.")
+  if optim.warmup_steps < 0 or optim.grad_clip < 0:
+    raise ValueError("optim.warmup_steps and optim.grad_clip must be >= 0.")
+  lr = optim.lr
+  if optim.warmup_steps > 0:
+    lr = optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
+  if optim.optimizer == "adam":
+    opt = optax.adam(lr, b1=optim.b1, b2=optim.b2)
+  else:
+    opt = optax.adamw(lr, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
+  clip = optax.clip_by_global_norm(optim.grad_clip) if optim.grad_clip > 0 else optax.identity()
+  return optax.chain(clip, opt)
+
+
+def init_params(model, config, key: jax.Array):
+  """Float32 params for `model` at the config's image shape."""
+  s, c = config.data.image_size, config.data.channels
+  x = jnp.zeros((1, s, s, c), jnp.float32)
+  t = jnp.zeros((1,), jnp.int32)
+  labels = jnp.zeros((1,), jnp.int32)
+  # Jitted: initialisers run op by op are slow, and the forward pass inside init
+  # only needs shapes. Labels are ints here; attribute models take float [1, K].
+  labels = (labels if config.data.conditioning == "class"
+            else jnp.zeros((1, config.data.num_classes), jnp.float32))
+  return jax.jit(model.init)(key, x, t, labels, jnp.ones((1,), bool))["params"]
+
+
+def create_train_state(params, tx: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+
+
+def ema_update(ema, params, step: jnp.ndarray, decay: float):
+  """EMA with warmup: the effective decay min(decay, (1+n)/(10+n)) lets the
+  average track the fast early changes instead of remembering the init."""
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+
+
+def _apply_fn(model):
+  def apply(params, x_t, t, labels, use_labels, train, rngs):
+    return model.apply({"params": params}, x_t, t, labels, use_labels, train=train, rngs=rngs)
+  return apply
+
+
+def to_model_range(images: jnp.ndarray) -> jnp.ndarray:
+  """uint8 [0, 255] -> float32 [-1, 1]; float input is taken as already scaled."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 127.5 - 1.0
+  return images.astype(jnp.float32)
+
+
+def check_diffusion_config(d) -> None:
+  diffusion.check_prediction(d.prediction)
+  if d.loss_weighting not in diffusion.WEIGHTINGS:
+    raise ValueError(f"unknown diffusion.loss_weighting {d.loss_weighting!r}; "
+                     f"choose one of {diffusion.WEIGHTINGS}.")
+  if not 0.0 <= d.p_uncond <= 1.0:
+    raise ValueError(f"diffusion.p_uncond must be in [0, 1], got {d.p_uncond}.")
+  if d.zero_terminal_snr and d.prediction == "eps":
+    raise ValueError("zero_terminal_snr makes eps-prediction undefined at the last step; "
+                     "set diffusion.prediction to 'v' (recommended) or 'x0'.")
+
+
+def _loss(model, schedule, d, params, batch, key, train):
+  return diffusion.loss_fn(
+      _apply_fn(model), params, schedule, to_model_range(batch["image"]), batch["label"], key,
+      prediction=d.prediction, weighting=d.loss_weighting, min_snr_gamma=d.min_snr_gamma,
+      p_uncond=d.p_uncond, train=train)
+
+
+def train_step(state: TrainState, batch, key: jax.Array, *, model, schedule, tx,
+               diffusion_config, ema_decay: float):
+  """One optimizer step. batch: {"image": [B,H,W,C] uint8 or float in [-1,1],
+  "label": int [B] or float [B,K]}. Returns (new state, {"loss", "grad_norm"})."""
+  step_key = jax.random.fold_in(key, state.step)
+  loss, grads = jax.value_and_grad(
+      lambda p: _loss(model, schedule, diffusion_config, p, batch, step_key, True))(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = TrainState(step=state.step + 1, params=params,
+                         ema_params=ema_update(state.ema_params, params, state.step, ema_decay),
+                         opt_state=opt_state)
+  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def eval_step(params, batch, key: jax.Array, *, model, schedule, diffusion_config):
+  """The training loss without gradients or dropout (use a fixed key to compare)."""
+  return {"loss": _loss(model, schedule, diffusion_config, params, batch, key, False)}
+
+
+def make_steps(config) -> tuple[Any, schedules_lib.Schedule, optax.GradientTransformation,
+                                Callable, Callable]:
+  """(model, schedule, tx, jitted train_step, jitted eval_step) for a config.
+
+  train_step donates the incoming state: do not reuse it after the call.
+  """
+  check_diffusion_config(config.diffusion)
+  model = models.build_model(config)
+  schedule = schedules_lib.from_config(config.diffusion)
+  tx = make_optimizer(config.optim)
+  common = dict(model=model, schedule=schedule, diffusion_config=config.diffusion)
+  step = jax.jit(functools.partial(train_step, tx=tx, ema_decay=config.optim.ema_decay,
+                                   **common), donate_argnums=(0,))
+  evaluate = jax.jit(functools.partial(eval_step, **common))
+  return model, schedule, tx, step, evaluate

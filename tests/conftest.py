@@ -1,0 +1,30 @@
+"""Shared tiny configs. Tests run on the CPU with small shapes and fixed keys."""
+
+import os
+import sys
+
+import pytest
+
+# Tests import the repo's `configs` package and the helper modules beside them.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def tiny_config():
+  """A base config with a UNet small enough to train in a test: 8x8x1, 4 classes."""
+  from configs import base
+  c = base.get_config()
+  c.data.image_size = 8
+  c.data.num_classes = 4
+  c.model.base_channels = 8
+  c.model.channel_mults = (1, 2)
+  c.model.num_res_blocks = 1
+  c.model.attention_resolutions = (4,)
+  c.model.num_heads = 2
+  c.model.dropout = 0.0
+  c.diffusion.num_timesteps = 100
+  c.optim.warmup_steps = 0
+  c.optim.lr = 1e-3
+  return c

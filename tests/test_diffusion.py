@@ -1,0 +1,76 @@
+"""Forward process, parameterisation conversions and loss weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxddpm import diffusion, schedules
+
+
+def _draws(B=64):
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  x0 = jax.random.uniform(k1, (B, 4, 4, 2), minval=-1, maxval=1)
+  eps = jax.random.normal(k2, (B, 4, 4, 2))
+  ab = jax.random.uniform(k3, (B,), minval=1e-3, maxval=0.999)
+  return x0, eps, ab
+
+
+def test_q_sample_formula():
+  s = schedules.linear(100)
+  x0, eps, _ = _draws()
+  t = jnp.arange(64) % 100
+  xt = diffusion.q_sample(s, x0, t, eps)
+  ab = np.asarray(s.alpha_bars)[np.asarray(t)][:, None, None, None]
+  np.testing.assert_allclose(np.asarray(xt), np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps,
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("prediction", diffusion.PREDICTIONS)
+def test_conversions_are_exact_inverses(prediction):
+  x0, eps, ab = _draws()
+  a, s = jnp.sqrt(ab)[:, None, None, None], jnp.sqrt(1 - ab)[:, None, None, None]
+  xt = a * x0 + s * eps
+  pred = diffusion.target(x0, eps, ab, prediction)
+  x0_hat, eps_hat = diffusion.to_x0_eps(pred, xt, ab, prediction)
+  np.testing.assert_allclose(np.asarray(x0_hat), np.asarray(x0), atol=2e-4)
+  np.testing.assert_allclose(np.asarray(eps_hat), np.asarray(eps), atol=2e-4)
+  np.testing.assert_allclose(np.asarray(diffusion.eps_from_x0(x0, xt, ab)), np.asarray(eps),
+                             atol=2e-4)
+
+
+def test_v_is_rotation():
+  """v = a·ε - s·x_0 with (x_t, v) an orthonormal rotation of (x_0, ε): |v|²+|x_t|² = |x0|²+|ε|²."""
+  x0, eps, ab = _draws()
+  a, s = jnp.sqrt(ab)[:, None, None, None], jnp.sqrt(1 - ab)[:, None, None, None]
+  v = diffusion.target(x0, eps, ab, "v")
+  np.testing.assert_allclose(np.asarray(v**2 + (a * x0 + s * eps) ** 2),
+                             np.asarray(x0**2 + eps**2), rtol=1e-4, atol=1e-5)
+
+
+def test_min_snr_weights_agree_across_parameterisations():
+  """Each parameterisation's MSE is SNR-weighted x_0 MSE times a known factor;
+  min_snr must give the same effective x_0 weight min(SNR, γ) for all three."""
+  ab = jnp.linspace(0.01, 0.99, 50)
+  snr = ab / (1 - ab)
+  w = {p: diffusion.loss_weight(ab, p, "min_snr", 5.0) for p in diffusion.PREDICTIONS}
+  expected = np.minimum(np.asarray(snr), 5.0)
+  np.testing.assert_allclose(np.asarray(w["eps"] * snr), expected, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(w["x0"]), expected, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(w["v"] * (snr + 1)), expected, rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(diffusion.loss_weight(ab, "eps", "uniform")), 1.0)
+  with pytest.raises(ValueError, match="weighting"):
+    diffusion.loss_weight(ab, "eps", "p2")
+
+
+def test_label_mask_rate():
+  m = diffusion.label_mask(jax.random.key(0), 20000, 0.2)
+  assert m.dtype == jnp.bool_
+  assert abs(float(jnp.mean(m)) - 0.8) < 0.015  # 5 standard errors of 0.0028.
+  assert bool(jnp.all(diffusion.label_mask(jax.random.key(0), 100, 1.0) == False))  # noqa: E712
+  assert bool(jnp.all(diffusion.label_mask(jax.random.key(0), 100, 0.0)))
+
+
+def test_unknown_prediction():
+  with pytest.raises(ValueError, match="prediction"):
+    diffusion.target(jnp.zeros(1), jnp.zeros(1), jnp.ones(1), "score")

@@ -1,0 +1,111 @@
+"""Schedules against their closed forms and the identities DDPM relies on."""
+
+import numpy as np
+import pytest
+
+from jaxddpm import schedules
+
+ALL = {
+    "linear": lambda: schedules.linear(1000),
+    "cosine": lambda: schedules.cosine(1000),
+    "linear_zt": lambda: schedules.linear(1000, zero_terminal_snr=True),
+    "cosine_zt": lambda: schedules.cosine(1000, zero_terminal_snr=True),
+    "respaced": lambda: schedules.respace(schedules.cosine(1000), 50),
+}
+
+
+def _f64(a):
+  return np.asarray(a, np.float64)
+
+
+def test_linear_closed_form():
+  s = schedules.linear(1000, 1e-4, 0.02)
+  betas = np.linspace(1e-4, 0.02, 1000)
+  np.testing.assert_allclose(_f64(s.betas), betas, rtol=1e-6)
+  np.testing.assert_allclose(_f64(s.alpha_bars), np.cumprod(1 - betas), rtol=1e-5)
+
+
+def test_cosine_closed_form_and_clipping():
+  T, off = 1000, 0.008
+  s = schedules.cosine(T, off, max_beta=0.999)
+  f = lambda t: np.cos((t / T + off) / (1 + off) * np.pi / 2) ** 2
+  t = np.arange(T)
+  # ᾱ_t = f(t+1)/f(0) wherever β was not clipped (all but the last step here).
+  np.testing.assert_allclose(_f64(s.alpha_bars)[:-1], (f(t + 1) / f(0))[:-1], rtol=1e-5)
+  assert np.all(_f64(s.betas) <= 0.999 + 1e-7)
+  assert np.isclose(float(s.betas[-1]), 0.999)  # f(T) = 0 would give β = 1.
+  clipped = schedules.cosine(T, off, max_beta=0.02)
+  assert np.all(_f64(clipped.betas) <= 0.02 + 1e-9)
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_monotone_and_in_range(name):
+  s = ALL[name]()
+  ab = _f64(s.alpha_bars)
+  assert np.all(np.diff(ab) < 0)
+  assert np.all((ab >= 0) & (ab < 1))
+  assert np.all((_f64(s.betas) > 0) & (_f64(s.betas) <= 1))
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_posterior_identities(name):
+  """q(x_{t-1}|x_t,x_0) must reproduce the marginal q(x_{t-1}|x_0):
+  coef1 + coef2·sqrt(ᾱ_t) = sqrt(ᾱ_{t-1}), coef2²(1-ᾱ_t) + β̃_t = 1-ᾱ_{t-1}."""
+  s = ALL[name]()
+  ab, ab_prev = _f64(s.alpha_bars), _f64(s.alpha_bars_prev)
+  c1, c2 = _f64(s.posterior_mean_coef1), _f64(s.posterior_mean_coef2)
+  np.testing.assert_allclose(c1 + c2 * np.sqrt(ab), np.sqrt(ab_prev), atol=2e-6)
+  np.testing.assert_allclose(c2**2 * (1 - ab) + _f64(s.posterior_variance), 1 - ab_prev,
+                             atol=2e-6)
+  assert ab_prev[0] == 1.0 and float(s.posterior_variance[0]) == 0.0
+  assert np.all(np.isfinite(_f64(s.posterior_log_variance_clipped)))
+  np.testing.assert_allclose(_f64(s.posterior_log_variance_clipped)[1:],
+                             np.log(_f64(s.posterior_variance)[1:]), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(_f64(s.large_variance)[1:], _f64(s.betas)[1:], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_float32_matches_float64_recomputation(name):
+  s = ALL[name]()
+  betas = (schedules.linear_betas(1000) if name == "linear" else schedules.cosine_betas(1000))
+  ab = np.cumprod(1 - betas)
+  for field in s.__dataclass_fields__:
+    if field != "num_train_timesteps":
+      assert getattr(s, field).dtype in (np.float32, np.int32), field
+  np.testing.assert_allclose(_f64(s.sqrt_one_minus_alpha_bars), np.sqrt(1 - ab), rtol=1e-6)
+  np.testing.assert_allclose(_f64(s.sqrt_recipm1_alpha_bars), np.sqrt(1 / ab - 1), rtol=1e-6)
+  np.testing.assert_allclose(_f64(s.sqrt_recip_alpha_bars), 1 / np.sqrt(ab), rtol=1e-6)
+
+
+@pytest.mark.parametrize("base", ["linear", "cosine"])
+def test_zero_terminal_snr(base):
+  plain = ALL[base]()
+  zt = ALL[base + "_zt"]()
+  assert float(zt.alpha_bars[-1]) == 0.0
+  np.testing.assert_allclose(float(zt.alpha_bars[0]), float(plain.alpha_bars[0]), rtol=1e-6)
+  assert float(plain.alpha_bars[-1]) > 0.0
+
+
+def test_respacing_keeps_marginals_at_kept_steps():
+  full = schedules.cosine(1000)
+  r = schedules.respace(full, 50)
+  t = np.asarray(r.timesteps)
+  assert len(t) == 50 and t[0] == 0 and t[-1] == 999 and np.all(np.diff(t) > 0)
+  np.testing.assert_allclose(_f64(r.alpha_bars), _f64(full.alpha_bars)[t], rtol=1e-5)
+  assert r.num_train_timesteps == 1000
+  assert schedules.respace(full, 1000) is full
+  np.testing.assert_array_equal(schedules.respace_timesteps(10, 1), [9])
+  with pytest.raises(ValueError, match="already"):
+    schedules.respace(r, 10)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: schedules.make("sigmoid", 100), "unknown schedule"),
+    (lambda: schedules.linear(1), "T"),
+    (lambda: schedules.linear(100, 0.1, 0.01), "beta_start"),
+    (lambda: schedules.cosine(100, max_beta=0.0), "max_beta"),
+    (lambda: schedules.respace(schedules.linear(100), 101), "steps"),
+])
+def test_bad_arguments(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

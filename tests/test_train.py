@@ -1,0 +1,125 @@
+"""train_step / eval_step: learning, CFG dropout, determinism, a golden loss."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxddpm import train
+
+
+def _batch(config, B=8, seed=0):
+  rng = np.random.default_rng(seed)
+  s = config.data.image_size
+  images = rng.integers(0, 256, (B, s, s, config.data.channels), dtype=np.uint8)
+  labels = np.arange(B) % config.data.num_classes
+  return {"image": jnp.asarray(images), "label": jnp.asarray(labels, jnp.int32)}
+
+
+_COMPILED = {}
+
+
+def _setup(config, seed=0):
+  """make_steps + init, shared between tests with the same config (compiling a
+  train step takes seconds on the CPU; the tests need not pay for it each time)."""
+  cache_key = (config.to_json(), seed)
+  if cache_key not in _COMPILED:
+    model, schedule, tx, step, evaluate = train.make_steps(config)
+    params = train.init_params(model, config, jax.random.key(seed))
+    _COMPILED[cache_key] = model, schedule, tx, step, evaluate, params
+  model, schedule, tx, step, evaluate, params = _COMPILED[cache_key]
+  return model, schedule, tx, step, evaluate, jax.tree.map(jnp.copy, params)
+
+
+def test_loss_falls_when_overfitting_a_fixed_batch(tiny_config):
+  _, _, tx, step, evaluate, params = _setup(tiny_config)
+  state = train.create_train_state(params, tx)
+  batch, key, eval_key = _batch(tiny_config), jax.random.key(1), jax.random.key(2)
+  before = float(evaluate(state.params, batch, eval_key)["loss"])
+  for _ in range(150):
+    state, metrics = step(state, batch, key)
+  after = float(evaluate(state.params, batch, eval_key)["loss"])
+  assert int(state.step) == 150
+  assert np.isfinite(float(metrics["grad_norm"]))
+  assert after < 0.6 * before, (before, after)
+
+
+def test_labels_do_not_affect_gradient_when_always_dropped(tiny_config):
+  tiny_config.diffusion.p_uncond = 0.0
+  model, schedule, tx, step, _, params = _setup(tiny_config)
+  batch = _batch(tiny_config)
+  # A few steps first: at init the zero-initialised layers hide the labels' effect.
+  state = train.create_train_state(params, tx)
+  for _ in range(3):
+    state, _ = step(state, batch, jax.random.key(0))
+  params = state.params
+  tiny_config.diffusion.p_uncond = 1.0
+  other = dict(batch, label=(batch["label"] + 1) % tiny_config.data.num_classes)
+  grad = jax.jit(jax.grad(lambda p, b: train._loss(model, schedule, tiny_config.diffusion, p,
+                                                   b, jax.random.key(3), True)))
+  g1, g2 = grad(params, batch), grad(params, other)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  tiny_config.diffusion.p_uncond = 0.0  # Sanity: with labels kept they do matter.
+  grad = jax.jit(jax.grad(lambda p, b: train._loss(model, schedule, tiny_config.diffusion, p,
+                                                   b, jax.random.key(3), True)))
+  diffs = [float(jnp.abs(a - b).max()) for a, b in
+           zip(jax.tree.leaves(grad(params, batch)), jax.tree.leaves(grad(params, other)))]
+  assert max(diffs) > 1e-6
+
+
+def test_same_key_same_state(tiny_config):
+  _, _, tx, step, _, params = _setup(tiny_config)
+  batch = _batch(tiny_config)
+  # The step donates its input state: build one state per call.
+  fresh = lambda: train.create_train_state(jax.tree.map(jnp.copy, params), tx)
+  a, _ = step(fresh(), batch, jax.random.key(7))
+  b, _ = step(fresh(), batch, jax.random.key(7))
+  c, _ = step(fresh(), batch, jax.random.key(8))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert any(float(jnp.abs(x - y).max()) > 0 for x, y in
+             zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+
+
+def test_ema_tracks_params(tiny_config):
+  tiny_config.optim.ema_decay = 0.5
+  _, _, tx, step, _, params = _setup(tiny_config)
+  state = train.create_train_state(params, tx)
+  old = jax.tree.map(jnp.copy, state.params)
+  state, _ = step(state, _batch(tiny_config), jax.random.key(0))
+  # Step 0: decay min(0.5, 1/10) = 0.1, so ema = 0.1·old + 0.9·new.
+  for e, o, n in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(old),
+                     jax.tree.leaves(state.params)):
+    np.testing.assert_allclose(np.asarray(e), 0.1 * np.asarray(o) + 0.9 * np.asarray(n),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_golden_one_step_loss(tiny_config):
+  """Pins the loss after one step for a fixed init, batch and key (the first loss
+  alone would not see the model: the zero-initialised UNet outputs 0). If a change
+  moves it on purpose (new init, new loss), update the number in the same commit."""
+  _, _, tx, step, _, params = _setup(tiny_config)
+  state, first = step(train.create_train_state(params, tx), _batch(tiny_config),
+                      jax.random.key(0))
+  _, second = step(state, _batch(tiny_config), jax.random.key(0))
+  np.testing.assert_allclose(float(first["loss"]), 0.964608, rtol=1e-4)
+  np.testing.assert_allclose(float(second["loss"]), GOLDEN_SECOND_LOSS, rtol=1e-4)
+
+
+GOLDEN_SECOND_LOSS = 0.926257
+
+
+@pytest.mark.parametrize("section,field,value,match", [
+    ("optim", "lr", 0.0, "lr"),
+    ("optim", "optimizer", "sgd", "optimizer"),
+    ("diffusion", "p_uncond", 1.5, "p_uncond"),
+    ("diffusion", "prediction", "score", "prediction"),
+    ("diffusion", "loss_weighting", "p2", "weighting"),
+    ("diffusion", "schedule", "sigmoid", "schedule"),
+    ("diffusion", "zero_terminal_snr", True, "zero_terminal_snr"),
+])
+def test_bad_config_values(tiny_config, section, field, value, match):
+  tiny_config[section][field] = value
+  with pytest.raises(ValueError, match=match):
+    train.make_steps(tiny_config)
