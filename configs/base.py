@@ -17,6 +17,10 @@ def get_config(arg=None):
   data.channels = 1  # 1 for MNIST-like, 3 for CIFAR-10 / CelebA.
   data.num_classes = 10  # Classes (one-hot), or K attributes (multi-hot, CelebA: 40).
   data.conditioning = "class"  # class (int labels [B]) | attributes (multi-hot [B, K]).
+  data.dir = ""  # Offline folder (one sub-folder per dataset); "" = $JAXDDPM_DATA_DIR or TFDS.
+  data.tfds_dir = ""  # TFDS data_dir; "" = TFDS's default (~/tensorflow_datasets).
+  data.val_fraction = 0.1  # Share of train held out for validation; 0.05-0.2.
+  data.max_train_examples = 0  # Use only the first N training images; 0 = all.
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "unet"  # unet (default, ADM-style) | template (the seed's course U-Net).
@@ -59,8 +63,26 @@ def get_config(arg=None):
   optim.grad_clip = 1.0  # Clip gradients to this global norm; 0 disables.
   optim.warmup_steps = 500  # Linear LR warmup; 0 disables.
   optim.ema_decay = 0.9995  # EMA of params used for sampling; 0.999-0.9999.
+  optim.plateau_factor = 0.5  # ReduceLROnPlateau: multiply the lr by this; 0.1-0.5.
+  optim.plateau_patience = 3  # ... after this many epochs without val improvement.
+  optim.plateau_cooldown = 0  # ... then wait this many epochs before counting again.
+  optim.plateau_rtol = 1e-4  # ... improvement must beat best by this relative margin.
+  optim.plateau_min_scale = 0.01  # ... never below lr * this.
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 128  # Global batch size.
-  train.seed = 0  # Root PRNG seed: init, data order, noise.
+  train.seed = 0  # Root PRNG seed: init, data order, noise, validation split.
+  train.num_epochs = 30  # Passes over the training set (early stopping may end sooner).
+  train.num_steps = 0  # If > 0, stop after this many steps instead.
+  # Train steps per compiled call (a lax.scan): fewer host round-trips on a GPU/TPU;
+  # keep 1 on a CPU, where XLA runs a train step ~6x slower inside a loop.
+  train.steps_per_dispatch = 8
+  train.early_stopping_patience = 8  # Stop after this many epochs without val gain; 0 = off.
+  train.eval_batch_size = 500  # Batch size for the validation loss.
+  train.log_every_steps = 100  # Metrics to metrics.jsonl and the progress bar.
+  train.checkpoint_every_steps = 1000  # Also at every epoch end.
+  train.keep_checkpoints = 3  # Latest checkpoints kept (the best is kept apart).
+  train.sample_every_steps = 2000  # Sample grid PNG under workdir/samples/; 0 = only at the end.
+  train.samples_per_class = 10  # Columns of the sample grid (one row per class).
+  train.quiet = False  # No progress bar (logs and CI).
   return config

@@ -28,3 +28,25 @@ def tiny_config():
   c.optim.warmup_steps = 0
   c.optim.lr = 1e-3
   return c
+
+
+@pytest.fixture
+def real_data_dir():
+  """The folder with real MNIST / Fashion-MNIST IDX files. Under CI (CI set) a
+  missing folder fails the test instead of skipping it."""
+  path = os.environ.get("JAXDDPM_DATA_DIR") or os.path.join(ROOT, "..", "shared", "data")
+  if not os.path.isfile(os.path.join(path, "mnist", "train-images-idx3-ubyte.gz")):
+    message = (f"real data not found in {path}: set JAXDDPM_DATA_DIR to a folder with "
+               "mnist/ and fashion-mnist/ IDX files")
+    if os.environ.get("CI"):
+      pytest.fail(message)
+    pytest.skip(message)
+  return os.path.abspath(path)
+
+
+@pytest.fixture
+def smoke_config(real_data_dir):
+  from configs import mnist
+  c = mnist.get_config("smoke")
+  c.data.dir = real_data_dir
+  return c

@@ -1,0 +1,132 @@
+"""Orbax checkpoints under `workdir/checkpoints/` and loading them from scripts.
+
+Two managers: `latest/` keeps the last k train states (for resuming), `best/` the
+one with the lowest validation loss (for sampling). `workdir/config.json` holds
+the config the run was made with, so a checkpoint can be used without it.
+Orbax writes each step to a temporary folder and renames it when complete, so a
+run killed mid-write leaves the previous checkpoint restorable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+
+
+def _dir(workdir: str, which: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints", which)
+
+
+class Checkpointer:
+  """Saves TrainStates as plain nested dicts of arrays (no class pickling)."""
+
+  def __init__(self, workdir: str, keep: int):
+    if keep < 1:
+      raise ValueError(f"train.keep_checkpoints must be >= 1, got {keep}.")
+    self.latest = ocp.CheckpointManager(
+        _dir(workdir, "latest"), options=ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                                                       create=True))
+    self.best = ocp.CheckpointManager(
+        _dir(workdir, "best"), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+  def save(self, state, *, best: bool = False) -> None:
+    """Saves at state.step (asynchronously); also as the best when `best`."""
+    tree = flax.serialization.to_state_dict(state)
+    step = int(state.step)
+    if step not in self.latest.all_steps():
+      self.latest.save(step, args=ocp.args.StandardSave(tree))
+    if best and step not in self.best.all_steps():
+      self.best.save(step, args=ocp.args.StandardSave(tree))
+
+  def restore_latest(self, template):
+    """The newest train state shaped like `template`, or None if there is none."""
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    return _restore(self.latest, step, template, self.latest.directory)
+
+  def wait(self) -> None:
+    """Blocks until pending writes are on disk (call before exiting or raising)."""
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.wait()
+    self.latest.close()
+    self.best.close()
+
+
+def _restore(manager, step: int, template, where):
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                          flax.serialization.to_state_dict(template))
+  try:
+    tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  except Exception as e:  # noqa: BLE001 - Orbax raises many types; all mean the same here.
+    raise ValueError(
+        f"cannot restore the checkpoint at step {step} in {where}: {type(e).__name__}: "
+        f"{str(e)[:300]}. It was probably made with another model, image size or "
+        "optimizer than this config, or it is damaged: use a new --workdir, or the config "
+        f"saved in {CONFIG_FILE} beside it.") from e
+  return flax.serialization.from_state_dict(template, tree)
+
+
+def save_config(workdir: str, config) -> str:
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(tmp, path)
+  return path
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise ValueError(f"no {CONFIG_FILE} in {workdir}: is it a jaxddpm workdir? "
+                     "Train with `python launch.py --config ... --workdir DIR` first.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_checkpoint(workdir: str, *, which: str = "best", ema: bool = True):
+  """(config, params) from a workdir, for scripts.
+
+  Args:
+    workdir: a training run's folder.
+    which: "best" (lowest validation loss) or "latest"; falls back to latest when
+      no best exists yet.
+    ema: the EMA params (default, what samples best) or the raw ones.
+  Returns:
+    (ConfigDict, params pytree) ready for `make_sampler(config)(params, key, labels)`.
+  """
+  if which not in ("best", "latest"):
+    raise ValueError(f"which must be 'best' or 'latest', got {which!r}.")
+  config = load_config(workdir)
+  order = [which, "latest"] if which == "best" else ["latest"]
+  for name in order:
+    directory = _dir(workdir, name)
+    if not os.path.isdir(directory):
+      continue
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        read_only=True))
+    step = manager.latest_step()
+    if step is None:
+      continue
+    try:
+      tree = manager.restore(step, args=ocp.args.StandardRestore())
+    except Exception as e:  # noqa: BLE001
+      raise ValueError(f"cannot read the checkpoint at step {step} in {directory}: "
+                       f"{type(e).__name__}: {str(e)[:300]}. It is damaged or partial; "
+                       "try which='latest' or retrain.") from e
+    params = tree["ema_params" if ema else "params"]
+    return config, jax.tree.map(np.asarray, params)
+  raise ValueError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train first "
+                   f"(python launch.py --config ... --workdir {workdir}).")

@@ -1,0 +1,65 @@
+"""What launch.py's modes do, as plain functions (testable without absl)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import numpy as np
+
+
+def train(config, workdir: str, *, quiet: bool = False) -> dict:
+  """Trains or resumes; prints one closing line with where everything is."""
+  from jaxddpm import train as train_lib
+  if quiet:
+    with config.unlocked():
+      config.train.quiet = True
+  summary = train_lib.train_and_evaluate(config, workdir)
+  how = "stopped early" if summary["stopped_early"] else "done"
+  print(f"{how} at step {summary['step']} (best val loss {summary['best_val_loss']:.4f}); "
+        f"samples: {summary['samples']}; checkpoints: {summary['checkpoints']}; "
+        f"metrics: {summary['metrics']}", file=sys.stderr)
+  return summary
+
+
+def parse_labels(labels: str, num_classes: int, num_per_class: int) -> np.ndarray:
+  """'all' -> each class num_per_class times; '3,3,7' -> those labels."""
+  if labels == "all":
+    if num_per_class < 1:
+      raise ValueError(f"--num_per_class must be >= 1, got {num_per_class}.")
+    return np.repeat(np.arange(num_classes), num_per_class).astype(np.int32)
+  try:
+    out = np.array([int(x) for x in labels.split(",") if x.strip()], np.int32)
+  except ValueError:
+    raise ValueError(f"--labels must be 'all' or comma-separated integers, got {labels!r}.")
+  if out.size == 0:
+    raise ValueError("--labels is empty.")
+  return out
+
+
+def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sampler=None,
+           steps=None, guidance_scale=None, eta=None, seed: int = 0, which: str = "best",
+           out: str | None = None) -> tuple[str, str]:
+  """Samples from a workdir's checkpoint; writes a PNG grid and an .npz. Returns paths."""
+  from jaxddpm import checkpoint, images, sampling
+  config, params = checkpoint.load_checkpoint(workdir, which=which)
+  if config.data.conditioning != "class":
+    raise ValueError("launch.py samples class-conditional models; for attribute models "
+                     "call make_sampler(config)(params, key, attrs) with float [B, K] attrs.")
+  overrides = {k: v for k, v in dict(sampler=sampler, steps=steps,
+                                     guidance_scale=guidance_scale, eta=eta).items()
+               if v is not None}
+  sample_fn = sampling.make_sampler(config, **overrides)
+  label_array = parse_labels(labels, config.data.num_classes, num_per_class)
+  x = np.asarray(sample_fn(params, jax.random.key(seed), label_array))
+  opts = dict(config.sampling, **overrides)
+  if out is None:
+    out = os.path.join(workdir, "samples", f"sample_{opts['sampler']}{opts['steps']}"
+                       f"_g{opts['guidance_scale']:g}_seed{seed}")
+  rows = config.data.num_classes if labels == "all" else 1
+  png = images.write_png(out + ".png", images.class_grid(x, rows))
+  npz = out + ".npz"
+  np.savez(npz, images=images.to_uint8(x), labels=label_array)
+  print(f"wrote {len(label_array)} samples: {png} and {npz}", file=sys.stderr)
+  return png, npz

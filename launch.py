@@ -1,0 +1,61 @@
+"""jaxddpm command line: flags -> config -> train or sample. No logic of its own.
+
+  python launch.py --config configs/fmnist.py                    # train (or resume)
+  python launch.py --config configs/mnist.py:cpu --config.optim.lr=5e-4
+  python launch.py --mode=sample --workdir runs/mnist_cpu --labels=3,3,7 --guidance_scale=3
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py:cpu.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run folder; default runs/<config name>[_<variant>].")
+flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do.")
+flags.DEFINE_string("labels", "all", "sample: comma-separated class labels, or 'all'.")
+flags.DEFINE_integer("num_per_class", 10, "sample with --labels=all: images per class.")
+flags.DEFINE_string("sampler", None, "sample: ddim | ddpm (default: the config's).")
+flags.DEFINE_integer("steps", None, "sample: denoising steps (default: the config's).")
+flags.DEFINE_float("guidance_scale", None, "sample: CFG scale (default: the config's).")
+flags.DEFINE_float("eta", None, "sample: DDIM eta (default: the config's).")
+flags.DEFINE_integer("seed", 0, "sample: PRNG seed.")
+flags.DEFINE_enum("which", "best", ["best", "latest"], "sample: which checkpoint.")
+flags.DEFINE_string("out", None, "sample: output path prefix (default workdir/samples/...).")
+flags.DEFINE_bool("quiet", False, "No progress bar.")
+
+
+def default_workdir(config_path: str) -> str:
+  path, _, variant = config_path.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("runs", f"{name}_{variant}" if variant else name)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  # Imported here so that `--help` stays fast.
+  from jaxddpm import cli
+  config_path = flags.FLAGS["config"].config_filename if FLAGS.config is not None else None
+  workdir = FLAGS.workdir or (default_workdir(config_path) if config_path else None)
+  if workdir is None:
+    raise app.UsageError("give --config (to train) or --workdir (to sample).")
+  try:
+    if FLAGS.mode == "train":
+      if FLAGS.config is None:
+        raise app.UsageError("--mode=train needs --config.")
+      cli.train(FLAGS.config, workdir, quiet=FLAGS.quiet)
+    else:
+      cli.sample(workdir, labels=FLAGS.labels, num_per_class=FLAGS.num_per_class,
+                 sampler=FLAGS.sampler, steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale,
+                 eta=FLAGS.eta, seed=FLAGS.seed, which=FLAGS.which, out=FLAGS.out)
+  except (ValueError, FloatingPointError) as e:  # Bad input or NaN: a message, not a trace.
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # For `configs.*`.
+  app.run(main)

@@ -1,0 +1,119 @@
+"""The training loop on real MNIST (:smoke): resume, plateau, early stopping, NaN."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxddpm import checkpoint, progress, train
+
+
+def _leaves_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path):
+  full = train.train_and_evaluate(smoke_config, str(tmp_path / "full"))
+  assert full["step"] == 32 and os.path.isfile(full["samples"])
+  part = str(tmp_path / "part")
+  with smoke_config.unlocked():
+    smoke_config.train.num_steps = 11  # Stop mid-epoch (16 steps per epoch)...
+  assert train.train_and_evaluate(smoke_config, part)["step"] == 11
+  with smoke_config.unlocked():
+    smoke_config.train.num_steps = 0  # ...then rerun to the end in the same workdir.
+  assert train.train_and_evaluate(smoke_config, part)["step"] == 32
+  _, a = checkpoint.load_checkpoint(str(tmp_path / "full"), which="latest", ema=False)
+  _, b = checkpoint.load_checkpoint(part, which="latest", ema=False)
+  _leaves_equal(a, b)
+  _, a = checkpoint.load_checkpoint(str(tmp_path / "full"), which="latest")
+  _, b = checkpoint.load_checkpoint(part, which="latest")
+  _leaves_equal(a, b)
+  metrics = progress.read_metrics(os.path.join(part, "metrics.jsonl"))
+  assert [m["val_loss"] for m in metrics if "val_loss" in m] == [
+      m["val_loss"] for m in progress.read_metrics(str(tmp_path / "full" / "metrics.jsonl"))
+      if "val_loss" in m]
+
+
+def test_plateau_and_early_stopping_on_scripted_losses(smoke_config):
+  smoke_config.optim.update(plateau_factor=0.5, plateau_patience=2, plateau_cooldown=1)
+  plateau = train.make_plateau(smoke_config.optim)
+  state = train.create_train_state({"w": jnp.zeros(3)}, train.make_optimizer(smoke_config.optim),
+                                   plateau)
+  seen = []
+  for val in [1.0, 0.8, 0.9, 0.85, 0.81, 0.82, 0.83, 0.7, 0.75]:
+    state, improved = train.end_epoch(state, val, plateau)
+    seen.append((improved, int(state.bad_epochs), float(state.plateau.scale)))
+  assert seen == [
+      (True, 0, 1.0), (True, 0, 1.0),
+      (False, 1, 1.0), (False, 2, 0.5),  # Patience 2 reached: halve the lr...
+      (False, 3, 0.5),  # ...cooldown epoch: not counted towards the next reduction.
+      (False, 4, 0.5), (False, 5, 0.25),
+      (True, 0, 0.25), (False, 1, 0.25)]
+  assert float(state.best_val_loss) == pytest.approx(0.7)
+
+
+def test_early_stopping_ends_training(smoke_config, tmp_path, monkeypatch):
+  # Validation never improves after the first epoch: patience 1 stops after epoch 2.
+  losses = iter([0.5, 0.6, 0.7, 0.8])
+  monkeypatch.setattr(train, "validation_loss", lambda *a, **k: next(losses))
+  smoke_config.train.update(num_epochs=5, early_stopping_patience=1)
+  summary = train.train_and_evaluate(smoke_config, str(tmp_path))
+  assert summary["stopped_early"] and summary["step"] == 32
+  assert summary["best_val_loss"] == pytest.approx(0.5)
+
+
+def test_nan_stops_with_step_and_keeps_last_checkpoint(smoke_config, tmp_path, monkeypatch):
+  real = train.make_steps
+
+  def poisoned(config):
+    model, schedule, tx, step, evaluate = real(config)
+
+    def step_with_nan(state, batch, key):
+      new, metrics = step(state, batch, key)
+      bad = state.step >= 12  # The 13th step goes wrong.
+      poison = lambda x: jnp.where(bad, jnp.nan, x)
+      return new.replace(params=jax.tree.map(poison, new.params)), dict(
+          metrics, loss=poison(metrics["loss"]))
+    return model, schedule, tx, step_with_nan, evaluate
+
+  monkeypatch.setattr(train, "make_steps", poisoned)
+  with pytest.raises(train.NonFiniteError, match="step 13"):
+    train.train_and_evaluate(smoke_config, str(tmp_path))
+  _, params = checkpoint.load_checkpoint(str(tmp_path), which="latest")
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+  steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints" / "latest") if d.isdigit())
+  assert steps and max(steps) <= 12
+
+
+def test_load_checkpoint_errors(smoke_config, tmp_path):
+  with pytest.raises(ValueError, match="config.json"):
+    checkpoint.load_checkpoint(str(tmp_path))
+  checkpoint.save_config(str(tmp_path), smoke_config)
+  with pytest.raises(ValueError, match="no checkpoint"):
+    checkpoint.load_checkpoint(str(tmp_path))
+  with pytest.raises(ValueError, match="which"):
+    checkpoint.load_checkpoint(str(tmp_path), which="first")
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(smoke_config, tmp_path):
+  with smoke_config.unlocked():
+    smoke_config.train.num_steps = 4
+  train.train_and_evaluate(smoke_config, str(tmp_path))
+  smoke_config.model.base_channels = 16
+  with pytest.raises(ValueError, match="another model"):
+    train.train_and_evaluate(smoke_config, str(tmp_path))
+  saved = json.load(open(tmp_path / "config.json"))
+  assert saved["model"]["base_channels"] == 8  # The workdir's record is untouched.
+
+
+def test_unwritable_workdir(smoke_config, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  with pytest.raises(ValueError, match="cannot write to workdir"):
+    train.train_and_evaluate(smoke_config, str(blocker / "run"))
