@@ -1,12 +1,14 @@
 """MNIST, class-conditional.
 
 Run:
-  python launch.py --config configs/mnist.py          # GPU: default UNet, 30 epochs
+  python launch.py --config configs/mnist.py          # GPU: default UNet, up to 30 epochs
   python launch.py --config configs/mnist.py:cpu      # 2-core CPU, about 15 minutes
   python launch.py --config configs/mnist.py:smoke    # seconds; for tests
 
-Expected (measured, see docs/RESULTS.md): `:cpu` gives a grid of recognisable
-digits of the right classes after ~15 min on 2 CPU cores (no GPU).
+Expected (measured, see docs/RESULTS.md): `:cpu` trains in ~15 min on 2 CPU cores
+(no GPU) to a validation loss of ~0.025 and a grid of clean digits of the right
+classes (docs/mnist_cpu.png). On one H100 the default model reaches clean digits
+in 3 epochs (~3 min, most of it compiling; measured with eps-prediction).
 """
 
 from configs import base, variants

@@ -13,7 +13,7 @@ def apply(config, arg):
     # Budget: ~15 min on 2 cores at ~85 images/s with this ~1.1 GFLOP/image model
     # (measured): 1,200 steps of 64 images, about 1.4 epochs of MNIST.
     config.model.update(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
-                        attention_resolutions=(7,), dropout=0.0)
+                        attention_resolutions=(config.data.image_size // 4,), dropout=0.0)
     config.train.update(batch_size=64, num_epochs=0, num_steps=1200, log_every_steps=50,
                         checkpoint_every_steps=300, sample_every_steps=0,
                         steps_per_dispatch=1)

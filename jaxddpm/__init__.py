@@ -1,7 +1,8 @@
 """jaxddpm: class-conditional DDPM / DDIM with classifier-free guidance in JAX."""
 
 from jaxddpm import diffusion, schedules
+from jaxddpm.checkpoint import load_checkpoint
 from jaxddpm.sampling import make_sampler, sample_loop
 
-__all__ = ["diffusion", "schedules", "make_sampler", "sample_loop"]
+__all__ = ["diffusion", "schedules", "load_checkpoint", "make_sampler", "sample_loop"]
 __version__ = "0.1.0"
