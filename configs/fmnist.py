@@ -1,12 +1,14 @@
 """Fashion-MNIST, class-conditional.
 
 Run:
-  python launch.py --config configs/fmnist.py         # GPU: default UNet, 30 epochs
+  python launch.py --config configs/fmnist.py         # GPU: default UNet, up to 30 epochs
   python launch.py --config configs/fmnist.py:cpu     # 2-core CPU, about 15 minutes
   python launch.py --config configs/fmnist.py:smoke   # seconds; for tests
 
-Expected (measured, see docs/RESULTS.md): `:cpu` gives recognisable garments of
-the right classes (trousers, bags, shoes...) after ~15 min on 2 CPU cores.
+Expected (measured, see docs/RESULTS.md): `:cpu` trains in ~15 min on 2 CPU cores
+to a validation loss of ~0.038 and a grid of recognisable garments of the right
+classes, one row per class (docs/fmnist_cpu.png). The default config on a GPU is
+not measured yet.
 """
 
 from configs import base, variants
