@@ -18,7 +18,7 @@ flags.DEFINE_string("workdir", None, "Run folder; default runs/<config name>[_<v
 flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do.")
 flags.DEFINE_string("labels", "all", "sample: comma-separated class labels, or 'all'.")
 flags.DEFINE_integer("num_per_class", 10, "sample with --labels=all: images per class.")
-flags.DEFINE_string("sampler", None, "sample: ddim | ddpm (default: the config's).")
+flags.DEFINE_string("sampler", None, "sample: ddim | ddpm | dpmpp_2m (default: the config's).")
 flags.DEFINE_integer("steps", None, "sample: denoising steps (default: the config's).")
 flags.DEFINE_float("guidance_scale", None, "sample: CFG scale (default: the config's).")
 flags.DEFINE_float("eta", None, "sample: DDIM eta (default: the config's).")
@@ -36,7 +36,7 @@ def default_workdir(config_path: str) -> str:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  logging.set_verbosity(logging.ERROR)  # Orbax logs every save, and read-only opens, below this.
   # Imported here so that `--help` stays fast.
   from jaxddpm import cli
   config_path = flags.FLAGS["config"].config_filename if FLAGS.config is not None else None

@@ -49,7 +49,7 @@ def get_config(arg=None):
   diffusion.p_uncond = 0.1  # CFG label-dropout probability in training; 0.1-0.2.
 
   config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.sampler = "ddim"  # ddim | ddpm.
+  sampling.sampler = "ddim"  # ddim | ddpm | dpmpp_2m (DPM-Solver++(2M), 10-20 steps).
   sampling.steps = 50  # Denoising steps (respaced); 1..T. DDPM is best at T.
   sampling.eta = 0.0  # DDIM noise: 0 deterministic, 1 ≈ DDPM.
   sampling.guidance_scale = 2.0  # CFG scale s: 0 uncond, 1 cond, >1 stronger; 1-5.

@@ -81,3 +81,25 @@ def exact_sampler_moments(schedule, steps, sampler, eta, variance, mu, sigma):
       noise_var = sig2
     d_mean, d_var = m * d_mean, m * m * d_var + noise_var
   return mu + d_mean, np.sqrt(d_var)
+
+
+def exact_dpm_solver_moments(schedule, steps, mu, sigma):
+  """Like exact_sampler_moments, for DPM-Solver++(2M). It is deterministic and
+  affine in x_T = ξ with the exact denoiser, so x and the remembered x̂_0 stay
+  of the form p·ξ + q; the output has mean q and std |p|."""
+  import numpy as np
+  from jaxddpm import sampling, schedules
+  sched = schedules.respace(schedule, steps)
+  ab = np.asarray(sched.alpha_bars, np.float64)
+  c = {k: np.asarray(v, np.float64)
+       for k, v in sampling.dpm_solver_coefficients(sched.alpha_bars).items()}
+  p, q, p0, q0 = 1.0, 0.0, 0.0, 0.0
+  for i in range(len(ab) - 1, -1, -1):
+    a = np.sqrt(ab[i])
+    k = a * sigma**2 / (a * a * sigma**2 + 1.0 - ab[i])
+    px0, qx0 = k * p, mu + k * (q - a * mu)  # x̂_0 = mu + k·(x - a·mu).
+    pd = c["w_cur"][i] * px0 + c["w_last"][i] * p0
+    qd = c["w_cur"][i] * qx0 + c["w_last"][i] * q0
+    p, q = c["c_x"][i] * p + c["c_0"][i] * pd, c["c_x"][i] * q + c["c_0"][i] * qd
+    p0, q0 = px0, qx0
+  return q, abs(p)
