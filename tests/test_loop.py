@@ -117,3 +117,15 @@ def test_unwritable_workdir(smoke_config, tmp_path):
   blocker.write_text("not a folder")
   with pytest.raises(ValueError, match="cannot write to workdir"):
     train.train_and_evaluate(smoke_config, str(blocker / "run"))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(smoke_config, tmp_path):
+  with smoke_config.unlocked():
+    smoke_config.train.num_steps = 4
+  train.train_and_evaluate(smoke_config, str(tmp_path))
+  for f in (tmp_path / "checkpoints").rglob("d/*"):
+    f.write_bytes(os.urandom(64))  # Damage every array chunk, keep the layout.
+  with pytest.raises(ValueError, match="damaged"):
+    checkpoint.load_checkpoint(str(tmp_path))
+  with pytest.raises(ValueError, match="cannot restore the checkpoint at step 4"):
+    train.train_and_evaluate(smoke_config, str(tmp_path))
