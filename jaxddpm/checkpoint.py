@@ -116,7 +116,7 @@ def load_checkpoint(workdir: str, *, which: str = "best", ema: bool = True):
     if not os.path.isdir(directory):
       continue
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-        read_only=True))
+        read_only=True, create=False))
     step = manager.latest_step()
     if step is None:
       continue

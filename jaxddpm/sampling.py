@@ -235,7 +235,6 @@ def make_sampler(config, **overrides) -> Callable[[Any, jax.Array, Any], jnp.nda
   def sample(params, key, labels):
     return _sample(params, key, check_labels(labels, num_classes))
 
-  sample.jitted = _sample  # For lowering / cost analysis in benchmarks.
   return sample
 
 
