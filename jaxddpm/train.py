@@ -38,6 +38,13 @@ class TrainState:
   rng: jnp.ndarray  # uint32 key data of the run's root key.
 
 
+def lr_schedule(optim) -> optax.Schedule:
+  """Linear warmup to optim.lr (constant without warmup); before plateau scaling."""
+  if optim.warmup_steps > 0:
+    return optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
+  return optax.constant_schedule(optim.lr)
+
+
 def make_optimizer(optim) -> optax.GradientTransformation:
   """Adam / AdamW with optional warmup, gradients clipped by global norm first."""
   if optim.optimizer not in OPTIMIZERS:
@@ -46,9 +53,7 @@ def make_optimizer(optim) -> optax.GradientTransformation:
     raise ValueError(f"optim.lr must be > 0, got {optim.lr}.")
   if optim.warmup_steps < 0 or optim.grad_clip < 0:
     raise ValueError("optim.warmup_steps and optim.grad_clip must be >= 0.")
-  lr = optim.lr
-  if optim.warmup_steps > 0:
-    lr = optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
+  lr = lr_schedule(optim)
   if optim.optimizer == "adam":
     opt = optax.adam(lr, b1=optim.b1, b2=optim.b2)
   else:
@@ -276,7 +281,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   log = progress.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   bar = progress.Progress(total, "train", start=int(state.step), quiet=config.train.quiet)
   patience = config.train.early_stopping_patience
-  lr_at = _lr_fn(config.optim)
+  lr_at = lr_schedule(config.optim)  # For logging: the optimizer's own schedule.
   step, perm, perm_epoch, stopped_early = int(state.step), None, -1, False
   bad_epochs = int(state.bad_epochs)  # Host copy: no device sync per chunk.
   last_log_time, last_log_step = time.perf_counter(), step
@@ -338,12 +343,6 @@ def _prepare_workdir(workdir: str) -> None:
     raise ValueError(f"cannot write to workdir {workdir!r}: {e}. Choose another --workdir.") from e
 
 
-def _lr_fn(optim) -> Callable[[int], float]:
-  if optim.warmup_steps > 0:
-    return lambda s: optim.lr * min(1.0, s / optim.warmup_steps)
-  return lambda s: optim.lr
-
-
 def _flush_metrics(pending, log, bar, ckpt, state, lr_at, t0, step0, B):
   """Fetches the chunks' metrics (one host transfer), stops on NaN/Inf, logs."""
   if not pending:
@@ -362,7 +361,7 @@ def _flush_metrics(pending, log, bar, ckpt, state, lr_at, t0, step0, B):
         "model.dtype=float32, then rerun to resume.")
   step = first + losses.size
   dt = max(time.perf_counter() - t0, 1e-9)
-  lr = lr_at(step) * float(state.plateau.scale)
+  lr = float(lr_at(step)) * float(state.plateau.scale)
   record = dict(step=step, loss=float(losses.mean()), grad_norm=float(norms.mean()), lr=lr,
                 steps_per_sec=(step - step0) / dt, images_per_sec=(step - step0) * B / dt)
   log.write(**record)
