@@ -3,6 +3,8 @@
   python launch.py --config configs/fmnist.py                    # train (or resume)
   python launch.py --config configs/mnist.py:cpu --config.optim.lr=5e-4
   python launch.py --mode=sample --workdir runs/mnist_cpu --labels=3,3,7 --guidance_scale=3
+  python launch.py --mode=evaluate --workdir runs/mnist_cpu --num_samples=1000  # eval.json
+  python launch.py --mode=pictures --workdir runs/mnist_cpu --labels=0,3,8  # PNGs and a GIF
 """
 
 import os
@@ -15,16 +17,22 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py:cpu.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder; default runs/<config name>[_<variant>].")
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "evaluate", "pictures"], "What to do.")
+flags.DEFINE_list("pictures", ["forward", "reverse", "guidance", "curves"],
+                  "pictures: which to draw (into workdir/pictures/).")
 flags.DEFINE_string("labels", "all", "sample: comma-separated class labels, or 'all'.")
 flags.DEFINE_integer("num_per_class", 10, "sample with --labels=all: images per class.")
-flags.DEFINE_string("sampler", None, "sample: ddim | ddpm | dpmpp_2m (default: the config's).")
-flags.DEFINE_integer("steps", None, "sample: denoising steps (default: the config's).")
-flags.DEFINE_float("guidance_scale", None, "sample: CFG scale (default: the config's).")
-flags.DEFINE_float("eta", None, "sample: DDIM eta (default: the config's).")
-flags.DEFINE_integer("seed", 0, "sample: PRNG seed.")
-flags.DEFINE_enum("which", "best", ["best", "latest"], "sample: which checkpoint.")
-flags.DEFINE_string("out", None, "sample: output path prefix (default workdir/samples/...).")
+flags.DEFINE_integer("num_samples", None, "evaluate: samples to score (default: the config's "
+                     "eval.num_samples).")
+flags.DEFINE_string("sampler", None, "sample/evaluate: ddim | ddpm | dpmpp_2m (default: the "
+                    "config's).")
+flags.DEFINE_integer("steps", None, "sample/evaluate: denoising steps (default: the config's).")
+flags.DEFINE_float("guidance_scale", None, "sample/evaluate: CFG scale (default: the config's).")
+flags.DEFINE_float("eta", None, "sample/evaluate: DDIM eta (default: the config's).")
+flags.DEFINE_integer("seed", 0, "sample/evaluate: PRNG seed.")
+flags.DEFINE_enum("which", "best", ["best", "latest"], "sample/evaluate: which checkpoint.")
+flags.DEFINE_string("out", None, "sample: output path prefix (default workdir/samples/...); "
+                    "evaluate: the JSON path (default workdir/eval.json).")
 flags.DEFINE_bool("quiet", False, "No progress bar.")
 
 
@@ -49,9 +57,15 @@ def main(argv):
         raise app.UsageError("--mode=train needs --config.")
       cli.train(FLAGS.config, workdir, quiet=FLAGS.quiet)
     else:
-      cli.sample(workdir, labels=FLAGS.labels, num_per_class=FLAGS.num_per_class,
-                 sampler=FLAGS.sampler, steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale,
-                 eta=FLAGS.eta, seed=FLAGS.seed, which=FLAGS.which, out=FLAGS.out)
+      sampling = dict(sampler=FLAGS.sampler, steps=FLAGS.steps,
+                      guidance_scale=FLAGS.guidance_scale, eta=FLAGS.eta, seed=FLAGS.seed,
+                      which=FLAGS.which, out=FLAGS.out)
+      if FLAGS.mode == "sample":
+        cli.sample(workdir, labels=FLAGS.labels, num_per_class=FLAGS.num_per_class, **sampling)
+      elif FLAGS.mode == "pictures":
+        cli.pictures(workdir, labels=FLAGS.labels, pictures=FLAGS.pictures, **sampling)
+      else:
+        cli.evaluate(workdir, num_samples=FLAGS.num_samples, quiet=FLAGS.quiet, **sampling)
   except (ValueError, FloatingPointError) as e:  # Bad input or NaN: a message, not a trace.
     sys.exit(f"error: {e}")
 

@@ -56,6 +56,16 @@ def get_config(arg=None):
   sampling.clip_x0 = True  # Clip predicted x_0 to [-1, 1]: what keeps sampling stable.
   sampling.variance = "small"  # DDPM variance: small (β̃_t) | large (β_t).
 
+  config.eval = ev = ml_collections.ConfigDict()
+  # Sample metrics in the evaluator classifier's features (jaxddpm/evaluate.py).
+  ev.every_epochs = 5  # Evaluate EMA samples every N epochs in training; 0 = off.
+  ev.num_samples = 10_000  # Samples per evaluation (classes cycled: 1,000 per class).
+  ev.batch_size = 500  # Sampling batch size for evaluation.
+  ev.pr_k = 3  # k of the k-NN precision / recall manifolds; 3-5.
+  ev.cache_dir = ""  # Classifier cache; "" = $JAXDDPM_CACHE_DIR or ~/.cache/jaxddpm.
+  ev.classifier_epochs = 0  # Override the classifier recipe's epochs (tests); 0 = recipe.
+  ev.classifier_max_train_examples = 0  # Train it on the first N only (tests); 0 = all.
+
   config.optim = optim = ml_collections.ConfigDict()
   optim.optimizer = "adam"  # adam | adamw.
   optim.lr = 2e-4  # Peak learning rate; 1e-4-1e-3.

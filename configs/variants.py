@@ -19,6 +19,9 @@ def apply(config, arg):
                         steps_per_dispatch=1)
     config.optim.update(lr=1e-3, warmup_steps=100, ema_decay=0.999)
     config.data.val_fraction = 0.05
+    # Evaluation costs ~0.3 s per DDIM-50+CFG sample here: not inside the 15-minute
+    # budget. `--mode=evaluate` (1,000 samples, ~5 min) or bench/quality.py after.
+    config.eval.update(every_epochs=0, num_samples=1000)
   elif arg == "smoke":
     config.model.update(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
                         attention_resolutions=(), num_heads=1, dropout=0.0)
@@ -29,4 +32,6 @@ def apply(config, arg):
                         eval_batch_size=100, log_every_steps=4, checkpoint_every_steps=8,
                         sample_every_steps=0, samples_per_class=2, quiet=True)
     config.optim.update(warmup_steps=0, lr=1e-3)
+    config.eval.update(every_epochs=0, num_samples=100, batch_size=50, classifier_epochs=1,
+                       classifier_max_train_examples=2000)
   return config

@@ -93,7 +93,25 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise ValueError(f"no {CONFIG_FILE} in {workdir}: is it a jaxddpm workdir? "
                      "Train with `python launch.py --config ... --workdir DIR` first.")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  return ml_collections.ConfigDict(_fill_defaults(saved, _base_defaults()))
+
+
+def _base_defaults() -> dict:
+  """configs/base.py's fields, for workdirs saved before a field existed."""
+  from configs import base  # Local: configs/ sits beside the package, as in launch.py.
+  return base.get_config().to_dict()
+
+
+def _fill_defaults(saved: dict, defaults: dict) -> dict:
+  """`saved`, with any field it lacks (a section added later) taken from defaults."""
+  out = dict(saved)
+  for k, v in defaults.items():
+    if k not in out:
+      out[k] = v
+    elif isinstance(v, dict) and isinstance(out[k], dict):
+      out[k] = _fill_defaults(out[k], v)
+  return out
 
 
 def load_checkpoint(workdir: str, *, which: str = "best", ema: bool = True):

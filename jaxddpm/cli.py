@@ -11,11 +11,11 @@ import numpy as np
 
 def train(config, workdir: str, *, quiet: bool = False) -> dict:
   """Trains or resumes; prints one closing line with where everything is."""
-  from jaxddpm import train as train_lib
+  from jaxddpm import loop
   if quiet:
     with config.unlocked():
       config.train.quiet = True
-  summary = train_lib.train_and_evaluate(config, workdir)
+  summary = loop.train_and_evaluate(config, workdir)
   how = "stopped early" if summary["stopped_early"] else "done"
   print(f"{how} at step {summary['step']} (best val loss {summary['best_val_loss']:.4f}); "
         f"samples: {summary['samples']}; checkpoints: {summary['checkpoints']}; "
@@ -40,9 +40,10 @@ def parse_labels(labels: str, num_classes: int, num_per_class: int) -> np.ndarra
 
 def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sampler=None,
            steps=None, guidance_scale=None, eta=None, seed: int = 0, which: str = "best",
-           out: str | None = None) -> tuple[str, str]:
-  """Samples from a workdir's checkpoint; writes a PNG grid and an .npz. Returns paths."""
-  from jaxddpm import checkpoint, images, sampling
+           out: str | None = None) -> tuple[str, str, str]:
+  """Samples from a workdir's checkpoint; writes a PNG grid, an .npz and a PNG of
+  the sampler's per-step statistics (warning loudly if it diverged). Returns paths."""
+  from jaxddpm import checkpoint, diagnostics, images, sampling
   config, params = checkpoint.load_checkpoint(workdir, which=which)
   if config.data.conditioning != "class":
     raise ValueError("launch.py samples class-conditional models; for attribute models "
@@ -50,16 +51,57 @@ def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sample
   overrides = {k: v for k, v in dict(sampler=sampler, steps=steps,
                                      guidance_scale=guidance_scale, eta=eta).items()
                if v is not None}
-  sample_fn = sampling.make_sampler(config, **overrides)
+  sample_fn = sampling.make_sampler(config, with_stats=True, **overrides)
   label_array = parse_labels(labels, config.data.num_classes, num_per_class)
-  x = np.asarray(sample_fn(params, jax.random.key(seed), label_array))
+  x, stats = jax.device_get(sample_fn(params, jax.random.key(seed), label_array))
   opts = dict(config.sampling, **overrides)
+  name = f"{opts['sampler']}{opts['steps']}_g{opts['guidance_scale']:g}"
   if out is None:
-    out = os.path.join(workdir, "samples", f"sample_{opts['sampler']}{opts['steps']}"
-                       f"_g{opts['guidance_scale']:g}_seed{seed}")
+    out = os.path.join(workdir, "samples", f"sample_{name}_seed{seed}")
   rows = config.data.num_classes if labels == "all" else 1
   png = images.write_png(out + ".png", images.class_grid(x, rows))
   npz = out + ".npz"
   np.savez(npz, images=images.to_uint8(x), labels=label_array)
-  print(f"wrote {len(label_array)} samples: {png} and {npz}", file=sys.stderr)
-  return png, npz
+  diagnostics.warn_if_diverged(stats)
+  diag = diagnostics.write_stats_figure(out + "_diagnostics.png", stats,
+                                        f"{workdir}: {name}, {len(label_array)} samples")
+  print(f"wrote {len(label_array)} samples: {png} and {npz}; sampler diagnostics: {diag}",
+        file=sys.stderr)
+  return png, npz, diag
+
+
+def evaluate(workdir: str, *, num_samples=None, sampler=None, steps=None, guidance_scale=None,
+             eta=None, seed: int = 0, which: str = "best", out: str | None = None,
+             quiet: bool = False) -> dict:
+  """Scores a checkpoint's samples (jaxddpm/evaluate.py); writes eval.json."""
+  from jaxddpm import evaluate as evaluate_lib
+  if num_samples is not None and num_samples < 2:
+    raise ValueError(f"--num_samples must be >= 2, got {num_samples}.")
+  overrides = {k: v for k, v in dict(sampler=sampler, steps=steps,
+                                     guidance_scale=guidance_scale, eta=eta).items()
+               if v is not None}
+  result = evaluate_lib.evaluate_checkpoint(workdir, num_samples=num_samples, which=which,
+                                            seed=seed, out=out, quiet=quiet, **overrides)
+  m, f = result["metrics"], result["floor"]
+  print(f"{m['num_images']} samples: conditional accuracy {m['conditional_accuracy']:.4f}, "
+        f"Frechet distance {m['frechet_distance']:.3f} (real-data floor "
+        f"{f['frechet_distance']:.3f}), precision {m['precision']:.3f}, recall "
+        f"{m['recall']:.3f}; wrote {result['path']}", file=sys.stderr)
+  return result
+
+
+def pictures(workdir: str, *, labels: str = "all", pictures=None, sampler=None, steps=None,
+             guidance_scale=None, eta=None, seed: int = 0, which: str = "best",
+             out: str | None = None) -> list[str]:
+  """Forward / reverse strips, reverse GIF, guidance sweep, training curves."""
+  from jaxddpm import checkpoint, pictures as pictures_lib
+  config = checkpoint.load_config(workdir)
+  label_array = parse_labels(labels, min(config.data.num_classes, 10), 1)
+  overrides = {k: v for k, v in dict(sampler=sampler, steps=steps,
+                                     guidance_scale=guidance_scale, eta=eta).items()
+               if v is not None}
+  paths = pictures_lib.write_all(workdir, out or os.path.join(workdir, "pictures"),
+                                 which=which, labels=label_array, seed=seed,
+                                 pictures=pictures or pictures_lib.PICTURES, **overrides)
+  print("wrote " + ", ".join(paths), file=sys.stderr)
+  return paths

@@ -116,6 +116,7 @@ def sample_loop(
     clip_x0: bool = True,
     variance: str = "small",
     return_trajectory: bool = False,
+    return_stats: bool = False,
 ):
   """Runs the reverse process from x_T ~ N(0, I) as one `lax.scan` over steps.
 
@@ -135,11 +136,12 @@ def sample_loop(
     clip_x0: clip x̂_0 to [-1, 1] and re-derive ε̂ from it.
     variance: DDPM variance, "small" (β̃_t) or "large" (β_t).
     return_trajectory: also return per-step states and statistics.
+    return_stats: also return the per-step statistics only (cheap).
   Returns:
-    Samples float32 [B, H, W, C]. With return_trajectory, (samples, info) where
-    info holds "x_t" and "x0_pred" [S, B, H, W, C] (S = steps, from noisiest),
-    "std", "max_abs" (of x_t) and "clip_fraction" (of x̂_0 outside [-1, 1]) [S],
-    and "timesteps" [S].
+    Samples float32 [B, H, W, C]. With return_stats, (samples, info) where info
+    holds "std", "max_abs" (of x_t) and "clip_fraction" (of x̂_0 outside [-1, 1])
+    [S] (S = steps, from noisiest) and "timesteps" [S]; return_trajectory adds
+    "x_t" and "x0_pred" [S, B, H, W, C].
   """
   check_options(sampler=sampler, steps=steps, num_train_steps=schedule.num_steps, eta=eta,
                 guidance_scale=guidance_scale, prediction=prediction, variance=variance)
@@ -189,17 +191,22 @@ def sample_loop(
 
   indices = jnp.arange(sched.num_steps - 1, -1, -1)
   (samples, _), info = jax.lax.scan(body, (x_T, jnp.zeros_like(x_T)), indices)
-  if not return_trajectory:
+  if not (return_trajectory or return_stats):
     return samples
   info["timesteps"] = sched.timesteps[indices]
   return samples, info
 
 
-def make_sampler(config, **overrides) -> Callable[[Any, jax.Array, Any], jnp.ndarray]:
+def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = False,
+                 **overrides) -> Callable[[Any, jax.Array, Any], jnp.ndarray]:
   """The function scripts call: `images = sample(params, key, labels)`.
 
   Args:
     config: ConfigDict with data, model, diffusion and sampling sections.
+    with_stats: sample returns (images, per-step stats) as sample_loop's
+      return_stats does (for `diagnostics.py`).
+    with_trajectory: sample returns (images, info) with every x_t and x̂_0 as
+      sample_loop's return_trajectory does (for `pictures.py`).
     **overrides: any field of config.sampling (steps=20, guidance_scale=3.0, ...).
   Returns:
     `sample(params, key, labels) -> float32 [B, H, W, C] in [-1, 1]`, compiled once
@@ -230,7 +237,8 @@ def make_sampler(config, **overrides) -> Callable[[Any, jax.Array, Any], jnp.nda
         functools.partial(denoise_fn, params), schedule, key, labels, shape,
         sampler=opts["sampler"], steps=opts["steps"], eta=opts["eta"],
         guidance_scale=opts["guidance_scale"], prediction=config.diffusion.prediction,
-        clip_x0=opts["clip_x0"], variance=opts["variance"])
+        clip_x0=opts["clip_x0"], variance=opts["variance"], return_stats=with_stats,
+        return_trajectory=with_trajectory)
 
   def sample(params, key, labels):
     return _sample(params, key, check_labels(labels, num_classes))

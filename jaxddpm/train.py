@@ -8,18 +8,14 @@ uninterrupted run draws at step k.
 from __future__ import annotations
 
 import functools
-import os
-import time
 from typing import Any, Callable
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from jaxddpm import checkpoint, data, diffusion, models, progress, sampling
-from jaxddpm import images as images_lib
+from jaxddpm import diffusion, models
 from jaxddpm import schedules as schedules_lib
 
 OPTIMIZERS = ("adam", "adamw")
@@ -35,6 +31,9 @@ class TrainState:
   plateau: Any  # optax reduce_on_plateau state; plateau.scale multiplies the lr.
   best_val_loss: jnp.ndarray  # float32: lowest validation loss so far (inf at first).
   bad_epochs: jnp.ndarray  # int32: epochs since it last improved (early stopping).
+  # float32: lowest Frechet distance of sample evaluations so far (inf at first);
+  # with evaluation on, it picks the "best" checkpoint instead of the val loss.
+  best_frechet: jnp.ndarray
   rng: jnp.ndarray  # uint32 key data of the run's root key.
 
 
@@ -93,6 +92,7 @@ def create_train_state(params, tx: optax.GradientTransformation, plateau=None,
                     ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
                     plateau=plateau.init(params), best_val_loss=jnp.array(jnp.inf, jnp.float32),
                     bad_epochs=jnp.zeros((), jnp.int32),
+                    best_frechet=jnp.array(jnp.inf, jnp.float32),
                     rng=jnp.array(jax.random.key_data(key)))  # A copy: the state is donated.
 
 
@@ -182,202 +182,3 @@ def make_steps(config) -> tuple[Any, schedules_lib.Schedule, optax.GradientTrans
                                    **common), donate_argnums=(0,))
   evaluate = jax.jit(functools.partial(eval_step, **common))
   return model, schedule, tx, step, evaluate
-
-
-# ----------------------------------------------------------------------------- loop
-
-
-class NonFiniteError(FloatingPointError):
-  """The loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
-
-
-def make_chunk_fn(step_fn: Callable, batch_size: int) -> Callable:
-  """`chunk(state, images, labels, perm, offset, key, k)`: k train steps in one
-  compiled `lax.scan`, each gathering its batch from the device-resident data via
-  the epoch permutation `perm`; metrics come back stacked [k]."""
-
-  def chunk(state, images, labels, perm, offset, key, k):
-    def body(state, i):
-      idx = jax.lax.dynamic_slice(perm, ((offset + i) * batch_size,), (batch_size,))
-      return step_fn(state, {"image": images[idx], "label": labels[idx]}, key)
-    if k == 1:
-      # No loop for one step: XLA:CPU runs a train step inside a while loop ~6x
-      # slower than outside it (measured; loop-carried conv weights), so the CPU
-      # configs dispatch one step at a time.
-      state, metrics = body(state, 0)
-      return state, jax.tree.map(lambda m: m[None], metrics)
-    return jax.lax.scan(body, state, jnp.arange(k))
-
-  return jax.jit(chunk, static_argnums=(6,), donate_argnums=(0,))
-
-
-def validation_loss(eval_fn, params, images, labels, batch_size: int, key: jax.Array) -> float:
-  """Mean loss over the validation set with a fixed key, so epochs compare.
-  The last partial batch is dropped (at most batch_size - 1 images)."""
-  n = images.shape[0] // batch_size
-  if n == 0:
-    raise ValueError(f"the validation set ({images.shape[0]} images) is smaller than "
-                     f"train.eval_batch_size={batch_size}.")
-  losses = [eval_fn(params, {"image": images[i * batch_size:(i + 1) * batch_size],
-                             "label": labels[i * batch_size:(i + 1) * batch_size]},
-                    jax.random.fold_in(key, i))["loss"] for i in range(n)]
-  return float(jnp.mean(jnp.stack(losses)))
-
-
-def _chunk_length(step: int, steps_per_epoch: int, total: int, K: int) -> int:
-  """Chunks end at multiples of K within an epoch, at epoch ends and at the end,
-  so a resumed run splits its steps exactly as an uninterrupted one does."""
-  offset = step % steps_per_epoch
-  return min(K - offset % K, steps_per_epoch - offset, total - step)
-
-
-def _check_train_config(config) -> None:
-  t = config.train
-  for name in ("batch_size", "steps_per_dispatch", "eval_batch_size", "log_every_steps",
-               "checkpoint_every_steps", "samples_per_class"):
-    if t[name] < 1:
-      raise ValueError(f"train.{name} must be >= 1, got {t[name]}.")
-  if t.num_epochs < 1 and t.num_steps < 1:
-    raise ValueError("set train.num_epochs or train.num_steps to at least 1.")
-  if t.batch_size % jax.device_count():
-    raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the "
-                     f"{jax.device_count()} devices.")
-
-
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (or resumes) the model of `config` in `workdir`. Returns a summary.
-
-  workdir gets: config.json, metrics.jsonl, checkpoints/{latest,best}/,
-  samples/step_*.png. Running again with the same workdir resumes.
-  """
-  _check_train_config(config)
-  check_diffusion_config(config.diffusion)
-  _prepare_workdir(workdir)
-  splits = data.load(config.data, config.train.seed)
-  B = config.train.batch_size
-  steps_per_epoch = len(splits["train"]) // B
-  if steps_per_epoch == 0:
-    raise ValueError(f"{len(splits['train'])} training images are fewer than "
-                     f"train.batch_size={B}.")
-  total = config.train.num_steps or config.train.num_epochs * steps_per_epoch
-
-  model, schedule, tx, step_fn, eval_fn = make_steps(config)
-  plateau = make_plateau(config.optim)
-  root_key = jax.random.key(config.train.seed)
-  init_key, _ = jax.random.split(root_key)
-  fresh = create_train_state(init_params(model, config, init_key), tx, plateau, root_key)
-  ckpt = checkpoint.Checkpointer(workdir, config.train.keep_checkpoints)
-  state = ckpt.restore_latest(fresh) or fresh
-  checkpoint.save_config(workdir, config)
-  key = jax.random.wrap_key_data(state.rng)
-  data_key, step_key, val_key = (jax.random.fold_in(key, i) for i in range(3))
-
-  # The whole uint8 dataset lives on the device; batches are gathered there.
-  train_x, train_y = jnp.asarray(splits["train"].images), jnp.asarray(splits["train"].labels)
-  val_x, val_y = jnp.asarray(splits["val"].images), jnp.asarray(splits["val"].labels)
-  chunk_fn = make_chunk_fn(step_fn, B)  # The jitted step inlines into the scan.
-  sampler = sampling.make_sampler(config)
-  grid_labels = _grid_labels(config, splits["val"])
-  log = progress.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
-  bar = progress.Progress(total, "train", start=int(state.step), quiet=config.train.quiet)
-  patience = config.train.early_stopping_patience
-  lr_at = lr_schedule(config.optim)  # For logging: the optimizer's own schedule.
-  step, perm, perm_epoch, stopped_early = int(state.step), None, -1, False
-  bad_epochs = int(state.bad_epochs)  # Host copy: no device sync per chunk.
-  last_log_time, last_log_step = time.perf_counter(), step
-  pending = []
-  try:
-    while step < total and not (patience and bad_epochs >= patience):
-      epoch = step // steps_per_epoch
-      if epoch != perm_epoch:
-        perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), train_x.shape[0])
-        perm_epoch = epoch
-      k = _chunk_length(step, steps_per_epoch, total, config.train.steps_per_dispatch)
-      state, metrics = chunk_fn(state, train_x, train_y, perm, step % steps_per_epoch,
-                                step_key, k)
-      pending.append((step, metrics))
-      step += k
-      crossed = lambda every: step // every != (step - k) // every
-      at_epoch_end = step % steps_per_epoch == 0
-      must_save = at_epoch_end or crossed(config.train.checkpoint_every_steps) or step == total
-      if must_save or crossed(config.train.log_every_steps):
-        # Fetch metrics before any save: a NaN state must never be checkpointed.
-        _flush_metrics(pending, log, bar, ckpt, state, lr_at, last_log_time, last_log_step, B)
-        pending, last_log_time, last_log_step = [], time.perf_counter(), step
-      if at_epoch_end:
-        val = validation_loss(eval_fn, state.params, val_x, val_y,
-                              config.train.eval_batch_size, val_key)
-        state, improved = end_epoch(state, val, plateau)
-        bad_epochs = int(state.bad_epochs)
-        log.write(step=step, epoch=step // steps_per_epoch, val_loss=val,
-                  best_val_loss=float(state.best_val_loss),
-                  lr_scale=float(state.plateau.scale), bad_epochs=int(state.bad_epochs))
-        ckpt.save(state, best=improved)
-      elif must_save:
-        ckpt.save(state)
-      if config.train.sample_every_steps and crossed(config.train.sample_every_steps):
-        _write_grid(workdir, step, sampler, state.ema_params, grid_labels, config, root_key)
-    stopped_early = step < total
-    ckpt.save(state)
-  finally:
-    bar.close()
-    ckpt.close()
-  grid_path = _write_grid(workdir, step, sampler, state.ema_params, grid_labels, config,
-                          root_key)
-  summary = dict(step=step, epochs=step / steps_per_epoch, stopped_early=stopped_early,
-                 best_val_loss=float(state.best_val_loss), workdir=os.path.abspath(workdir),
-                 samples=grid_path, checkpoints=os.path.join(workdir, "checkpoints"),
-                 metrics=os.path.join(workdir, "metrics.jsonl"))
-  log.write(event="done", **{k: v for k, v in summary.items() if k != "workdir"})
-  return summary
-
-
-def _prepare_workdir(workdir: str) -> None:
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ValueError(f"cannot write to workdir {workdir!r}: {e}. Choose another --workdir.") from e
-
-
-def _flush_metrics(pending, log, bar, ckpt, state, lr_at, t0, step0, B):
-  """Fetches the chunks' metrics (one host transfer), stops on NaN/Inf, logs."""
-  if not pending:
-    return
-  host = jax.device_get([m for _, m in pending])
-  losses = np.concatenate([np.asarray(m["loss"]) for m in host])
-  norms = np.concatenate([np.asarray(m["grad_norm"]) for m in host])
-  first = pending[0][0]
-  bad = np.flatnonzero(~(np.isfinite(losses) & np.isfinite(norms)))
-  if bad.size:
-    ckpt.wait()
-    raise NonFiniteError(
-        f"non-finite loss or gradient at step {first + int(bad[0]) + 1} (loss="
-        f"{losses[bad[0]]}, grad_norm={norms[bad[0]]}); training stopped. The last good "
-        "checkpoint is intact: lower optim.lr, keep optim.grad_clip on, or try "
-        "model.dtype=float32, then rerun to resume.")
-  step = first + losses.size
-  dt = max(time.perf_counter() - t0, 1e-9)
-  lr = float(lr_at(step)) * float(state.plateau.scale)
-  record = dict(step=step, loss=float(losses.mean()), grad_norm=float(norms.mean()), lr=lr,
-                steps_per_sec=(step - step0) / dt, images_per_sec=(step - step0) * B / dt)
-  log.write(**record)
-  bar.update(step, loss=record["loss"], lr=lr)
-
-
-def _grid_labels(config, val_split) -> np.ndarray:
-  n = config.train.samples_per_class
-  if config.data.conditioning == "class":
-    return np.repeat(np.arange(config.data.num_classes), n).astype(np.int32)
-  rows = min(8, len(val_split))  # Attributes: the first validation faces' attributes.
-  return np.repeat(val_split.labels[:rows], n, axis=0)
-
-
-def _write_grid(workdir, step, sampler, params, labels, config, root_key) -> str:
-  samples = sampler(params, jax.random.fold_in(root_key, 10_000_019), labels)
-  rows = len(labels) // config.train.samples_per_class
-  path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
-  return images_lib.write_png(path, images_lib.class_grid(np.asarray(samples), rows))

@@ -30,7 +30,7 @@ def tiny_config():
   return c
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_data_dir():
   """The folder with real MNIST / Fashion-MNIST IDX files. Under CI (CI set) a
   missing folder fails the test instead of skipping it."""

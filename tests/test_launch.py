@@ -1,5 +1,6 @@
 """launch.py end to end on :smoke with real MNIST: train, resume, sample."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,13 +12,15 @@ from jaxddpm import images
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _launch(*args, data_dir):
+def _launch(*args, data_dir, cache_dir=None):
   env = dict(os.environ, JAXDDPM_DATA_DIR=data_dir)
+  if cache_dir:
+    env["JAXDDPM_CACHE_DIR"] = cache_dir
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args],
                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
-def test_train_resume_sample(real_data_dir, tmp_path):
+def test_train_resume_sample_evaluate(real_data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   r = _launch("--config", "configs/mnist.py:smoke", "--workdir", workdir,
               "--config.train.num_steps=20", data_dir=real_data_dir)
@@ -37,6 +40,25 @@ def test_train_resume_sample(real_data_dir, tmp_path):
   npz = np.load(out + ".npz")
   assert npz["images"].shape == (3, 28, 28, 1) and npz["images"].dtype == np.uint8
   np.testing.assert_array_equal(npz["labels"], [3, 1, 4])
+  r = _launch("--mode=pictures", "--workdir", workdir, "--labels=1,7", "--steps=4",
+              data_dir=real_data_dir)
+  assert r.returncode == 0, r.stderr[-3000:]
+  for name in ("forward.png", "reverse.png", "guidance.png", "curves.png"):
+    img = images.read_png(os.path.join(workdir, "pictures", name))
+    assert img.std() > 5, name
+  assert os.path.getsize(os.path.join(workdir, "pictures", "reverse.gif")) > 1000
+  assert os.path.isfile(os.path.join(workdir, "samples", "sample_ddim4_g2_seed1_diagnostics.png"))
+  # Evaluate: the :smoke config trains a tiny classifier into the cache first.
+  r = _launch("--mode=evaluate", "--workdir", workdir, "--num_samples=30", "--quiet",
+              data_dir=real_data_dir, cache_dir=str(tmp_path / "cache"))
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "conditional accuracy" in r.stderr and "eval.json" in r.stderr
+  with open(os.path.join(workdir, "eval.json")) as f:
+    result = json.load(f)
+  assert result["metrics"]["num_images"] == 30 and result["floor"]["num_images"] == 30
+  for k in ("conditional_accuracy", "frechet_distance", "precision", "recall"):
+    assert np.isfinite(result["metrics"][k]) and np.isfinite(result["floor"][k])
+  assert result["sampling"]["steps"] == 5 and 0 < result["classifier"]["test_accuracy"] <= 1
 
 
 def test_bad_input_is_a_message_not_a_trace(real_data_dir, tmp_path):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxddpm import checkpoint, progress, train
+from jaxddpm import checkpoint, loop, progress, train
 
 
 def _leaves_equal(a, b):
@@ -19,15 +19,15 @@ def _leaves_equal(a, b):
 
 
 def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path):
-  full = train.train_and_evaluate(smoke_config, str(tmp_path / "full"))
+  full = loop.train_and_evaluate(smoke_config, str(tmp_path / "full"))
   assert full["step"] == 32 and os.path.isfile(full["samples"])
   part = str(tmp_path / "part")
   with smoke_config.unlocked():
     smoke_config.train.num_steps = 11  # Stop mid-epoch (16 steps per epoch)...
-  assert train.train_and_evaluate(smoke_config, part)["step"] == 11
+  assert loop.train_and_evaluate(smoke_config, part)["step"] == 11
   with smoke_config.unlocked():
     smoke_config.train.num_steps = 0  # ...then rerun to the end in the same workdir.
-  assert train.train_and_evaluate(smoke_config, part)["step"] == 32
+  assert loop.train_and_evaluate(smoke_config, part)["step"] == 32
   _, a = checkpoint.load_checkpoint(str(tmp_path / "full"), which="latest", ema=False)
   _, b = checkpoint.load_checkpoint(part, which="latest", ema=False)
   _leaves_equal(a, b)
@@ -61,9 +61,9 @@ def test_plateau_and_early_stopping_on_scripted_losses(smoke_config):
 def test_early_stopping_ends_training(smoke_config, tmp_path, monkeypatch):
   # Validation never improves after the first epoch: patience 1 stops after epoch 2.
   losses = iter([0.5, 0.6, 0.7, 0.8])
-  monkeypatch.setattr(train, "validation_loss", lambda *a, **k: next(losses))
+  monkeypatch.setattr(loop, "validation_loss", lambda *a, **k: next(losses))
   smoke_config.train.update(num_epochs=5, early_stopping_patience=1)
-  summary = train.train_and_evaluate(smoke_config, str(tmp_path))
+  summary = loop.train_and_evaluate(smoke_config, str(tmp_path))
   assert summary["stopped_early"] and summary["step"] == 32
   assert summary["best_val_loss"] == pytest.approx(0.5)
 
@@ -82,9 +82,9 @@ def test_nan_stops_with_step_and_keeps_last_checkpoint(smoke_config, tmp_path, m
           metrics, loss=poison(metrics["loss"]))
     return model, schedule, tx, step_with_nan, evaluate
 
-  monkeypatch.setattr(train, "make_steps", poisoned)
-  with pytest.raises(train.NonFiniteError, match="step 13"):
-    train.train_and_evaluate(smoke_config, str(tmp_path))
+  monkeypatch.setattr(loop, "make_steps", poisoned)
+  with pytest.raises(loop.NonFiniteError, match="step 13"):
+    loop.train_and_evaluate(smoke_config, str(tmp_path))
   _, params = checkpoint.load_checkpoint(str(tmp_path), which="latest")
   assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
   steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints" / "latest") if d.isdigit())
@@ -104,10 +104,10 @@ def test_load_checkpoint_errors(smoke_config, tmp_path):
 def test_checkpoint_of_another_architecture_is_a_clear_error(smoke_config, tmp_path):
   with smoke_config.unlocked():
     smoke_config.train.num_steps = 4
-  train.train_and_evaluate(smoke_config, str(tmp_path))
+  loop.train_and_evaluate(smoke_config, str(tmp_path))
   smoke_config.model.base_channels = 16
   with pytest.raises(ValueError, match="another model"):
-    train.train_and_evaluate(smoke_config, str(tmp_path))
+    loop.train_and_evaluate(smoke_config, str(tmp_path))
   saved = json.load(open(tmp_path / "config.json"))
   assert saved["model"]["base_channels"] == 8  # The workdir's record is untouched.
 
@@ -116,16 +116,16 @@ def test_unwritable_workdir(smoke_config, tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a folder")
   with pytest.raises(ValueError, match="cannot write to workdir"):
-    train.train_and_evaluate(smoke_config, str(blocker / "run"))
+    loop.train_and_evaluate(smoke_config, str(blocker / "run"))
 
 
 def test_corrupt_checkpoint_is_a_clear_error(smoke_config, tmp_path):
   with smoke_config.unlocked():
     smoke_config.train.num_steps = 4
-  train.train_and_evaluate(smoke_config, str(tmp_path))
+  loop.train_and_evaluate(smoke_config, str(tmp_path))
   for f in (tmp_path / "checkpoints").rglob("d/*"):
     f.write_bytes(os.urandom(64))  # Damage every array chunk, keep the layout.
   with pytest.raises(ValueError, match="damaged"):
     checkpoint.load_checkpoint(str(tmp_path))
   with pytest.raises(ValueError, match="cannot restore the checkpoint at step 4"):
-    train.train_and_evaluate(smoke_config, str(tmp_path))
+    loop.train_and_evaluate(smoke_config, str(tmp_path))

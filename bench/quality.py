@@ -1,0 +1,134 @@
+"""Sample quality of a trained model across samplers, steps and guidance scales.
+
+  python bench/quality.py --config configs/mnist.py:cpu --workdir runs/mnist_cpu
+  python bench/quality.py --workdir runs/fmnist_cpu --sweeps default,dpm_steps \
+      --num_samples 2000 --grids docs/quality/fmnist_cpu
+
+Trains the config into --workdir first when it holds no checkpoint (and reports
+the training wall time), else reuses it. Each setting generates --num_samples
+images (classes cycled; 10,000 = 1,000 per class) from the same key and reports
+conditional accuracy, Frechet distance (evaluator-classifier features), precision
+and recall, beside the same metrics for as many real train images (the floor).
+Prints a Markdown table; --json appends one JSON line per setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxddpm import checkpoint, evaluate, images, sampling  # noqa: E402
+
+SWEEPS = {
+    "default": lambda c: [{}],
+    "guidance": lambda c: [dict(sampler="ddim", steps=50, guidance_scale=s)
+                           for s in (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)],
+    "ddim_steps": lambda c: [dict(sampler="ddim", steps=s) for s in (10, 20, 50, 100, 250)],
+    "dpm_steps": lambda c: [dict(sampler="dpmpp_2m", steps=s) for s in (10, 20)],
+    "ddpm": lambda c: [dict(sampler="ddpm", steps=c.diffusion.num_timesteps)],
+}
+
+
+def _settings(config, sweeps):
+  """Full sampler settings for the requested sweeps, without duplicates."""
+  seen, out = set(), []
+  for name in sweeps:
+    if name not in SWEEPS:
+      raise ValueError(f"unknown sweep {name!r}; choose from {sorted(SWEEPS)}.")
+    for overrides in SWEEPS[name](config):
+      full = dict(config.sampling, **overrides)
+      key = tuple(sorted(full.items()))
+      if key not in seen:
+        seen.add(key)
+        out.append(overrides)
+  return out
+
+
+def _train_if_needed(config_path, workdir):
+  if os.path.isdir(os.path.join(workdir, "checkpoints", "latest")):
+    return None
+  if not config_path:
+    raise ValueError(f"{workdir} holds no checkpoint; give --config to train it first.")
+  import importlib.util
+  from jaxddpm import loop
+  path, _, variant = config_path.partition(":")
+  spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(variant or None)
+  t0 = time.perf_counter()
+  loop.train_and_evaluate(config, workdir)
+  return time.perf_counter() - t0
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--config", default="", help="config to train with if workdir is empty")
+  p.add_argument("--num_samples", type=int, default=10_000)
+  p.add_argument("--sweeps", default="default,guidance,ddim_steps,dpm_steps,ddpm")
+  p.add_argument("--batch_size", type=int, default=500)
+  p.add_argument("--which", default="best", choices=("best", "latest"))
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--grids", default="", help="folder for a 10-per-class grid per setting")
+  p.add_argument("--json", default="", help="append one JSON line per setting here")
+  args = p.parse_args()
+
+  train_seconds = _train_if_needed(args.config, args.workdir)
+  config, params = checkpoint.load_checkpoint(args.workdir, which=args.which)
+  evaluator = evaluate.make_evaluator(config.data, cache_dir=config.eval.cache_dir or None,
+                                      spec=evaluate.classifier_spec(config),
+                                      k=config.eval.pr_k)
+  n = args.num_samples
+  floor = evaluator.floor(n)
+  labels = evaluator.generation_labels(n)
+  print(f"workdir {args.workdir} ({args.which} checkpoint), {n} samples per setting, "
+        f"{jax.devices()[0].device_kind}; training: "
+        + (f"{train_seconds / 60:.1f} min" if train_seconds else "reused (not timed here)"))
+  print(f"classifier {evaluator.classifier['key']}: test accuracy "
+        f"{evaluator.classifier['test_accuracy']:.4f}\n")
+  header = ("| sampler | steps | guidance | cond. acc. | Frechet dist. | precision | recall "
+            "| sample s (of which compile) |")
+  print(header + "\n" + "|---" * 8 + "|")
+  f = floor
+  print(f"| real train images (floor) | - | - | {f['conditional_accuracy']:.4f} | "
+        f"{f['frechet_distance']:.3f} | {f['precision']:.3f} | {f['recall']:.3f} | - |",
+        flush=True)
+  for overrides in _settings(config, args.sweeps.split(",")):
+    opts = dict(config.sampling, **overrides)
+    sample = sampling.make_sampler(config, with_stats=True, **overrides)
+    key = jax.random.key(args.seed)
+    times = []
+    imgs = evaluate.generate(sample, params, labels, key, batch_size=args.batch_size,
+                             batch_seconds=times)
+    seconds = sum(times)
+    # The first batch also compiles: its excess over the others' median.
+    compile_s = max(times[0] - float(np.median(times[1:])), 0.0) if len(times) > 1 else 0.0
+    m = evaluator.evaluate(imgs, labels)
+    print(f"| {opts['sampler']} | {opts['steps']} | {opts['guidance_scale']:g} | "
+          f"{m['conditional_accuracy']:.4f} | {m['frechet_distance']:.3f} | "
+          f"{m['precision']:.3f} | {m['recall']:.3f} | {seconds:.0f} ({compile_s:.0f}) |",
+          flush=True)
+    if args.grids:
+      per_class = np.concatenate([imgs[labels == c][:10] for c in range(config.data.num_classes)])
+      name = f"{opts['sampler']}{opts['steps']}_g{opts['guidance_scale']:g}.png"
+      images.write_png(os.path.join(args.grids, name),
+                       images.class_grid(per_class.astype(np.float32) / 127.5 - 1.0,
+                                         config.data.num_classes))
+    if args.json:
+      with open(args.json, "a") as fh:
+        fh.write(json.dumps(dict(workdir=args.workdir, settings=opts, metrics=m, floor=floor,
+                                 sample_seconds=seconds, compile_seconds=compile_s,
+                                 train_seconds=train_seconds)) + "\n")
+
+
+if __name__ == "__main__":
+  main()

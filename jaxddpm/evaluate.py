@@ -1,0 +1,171 @@
+"""Sample quality, measured: conditional accuracy, Frechet distance, precision/recall.
+
+All three are computed in the feature space of the dataset's evaluator classifier
+(`metrics/classifier.py`) against the real test split, and each comes with its
+*floor*: the same metric for N real train images in place of N samples. A model
+cannot beat the floor; a Frechet distance of 2x the floor is close to the data.
+
+    evaluator = make_evaluator(config)               # classifier + real references
+    labels = evaluator.generation_labels(10_000)
+    images = generate(make_sampler(config, with_stats=True), params, labels, key)
+    result = evaluator.evaluate(images, labels)      # {"conditional_accuracy", ...}
+    floor = evaluator.floor(len(images))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from jaxddpm import checkpoint, data as data_lib, diagnostics, images as images_lib, progress
+from jaxddpm import sampling
+from jaxddpm.metrics import classifier as classifier_lib
+from jaxddpm.metrics import frechet, manifold
+
+EVAL_FILE = "eval.json"
+
+
+@dataclasses.dataclass
+class Evaluator:
+  """A classifier and the real data it compares samples with."""
+  apply: Callable  # uint8 [N,H,W,C] -> (features float64 [N,D], logits [N,K]).
+  classifier: dict  # Its cache key, path and test accuracy.
+  train: data_lib.Split  # Real train images, for the floor.
+  test_stats: tuple  # (mean, covariance) of all test features.
+  test_features: np.ndarray  # Test features in a fixed random order (precision / recall).
+  test_labels: np.ndarray  # Their labels, in the same order.
+  k: int = 3  # Neighbourhood size of the precision / recall manifolds.
+  seed: int = 0
+
+  def evaluate(self, images, labels) -> dict:
+    """Metrics of N images (uint8, or float in [-1, 1], which is quantised to uint8
+    first, as a saved PNG would be) generated for `labels` (int [N] or float [N, K])."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+      images = images_lib.to_uint8(images)
+    labels = np.asarray(labels)
+    if images.ndim != 4 or len(images) != len(labels):
+      raise ValueError(f"need images [N,H,W,C] and N labels; got {images.shape} and "
+                       f"{labels.shape}.")
+    if len(images) <= self.k:
+      raise ValueError(f"need more than k={self.k} images to evaluate, got {len(images)}.")
+    features, logits = self.apply(images)
+    agree = classifier_lib.agreement(logits, labels)
+    reference = self.test_features[:len(images)]
+    precision, recall = manifold.precision_recall(reference, features, self.k)
+    return dict(conditional_accuracy=float(np.mean(agree)),
+                frechet_distance=frechet.frechet_distance(*frechet.gaussian_stats(features),
+                                                          *self.test_stats),
+                precision=precision, recall=recall, num_images=int(len(images)))
+
+  def generation_labels(self, n: int) -> np.ndarray:
+    """What to generate n samples for: classes cycled evenly (10,000 -> 1,000 per
+    class), or for attribute models the test split's attribute vectors, cycled."""
+    if n < 1:
+      raise ValueError(f"need at least one sample to evaluate, got {n}.")
+    if self.test_labels.ndim == 1:
+      return (np.arange(n) % self.classifier["num_outputs"]).astype(np.int32)
+    return self.test_labels[np.arange(n) % len(self.test_labels)]
+
+  def floor(self, n: int) -> dict:
+    """The same metrics for n real train images (a fixed random subset): what a
+    perfect model would score with n samples. Conditional accuracy here is on
+    images the classifier was trained on; its test accuracy is in `classifier`."""
+    if n > len(self.train):
+      raise ValueError(f"the floor needs n <= {len(self.train)} train images, got {n}.")
+    idx = np.sort(np.random.default_rng(self.seed + 1).permutation(len(self.train))[:n])
+    return self.evaluate(self.train.images[idx], self.train.labels[idx])
+
+
+def classifier_spec(config) -> classifier_lib.Spec:
+  """The dataset's classifier recipe, with config.eval's test-size overrides."""
+  spec = classifier_lib.SPECS.get(config.data.dataset)
+  if spec is None:
+    raise ValueError(f"no evaluator classifier for dataset {config.data.dataset!r}; "
+                     f"known: {sorted(classifier_lib.SPECS)}.")
+  e = config.eval
+  if e.classifier_epochs:
+    spec = dataclasses.replace(spec, epochs=e.classifier_epochs)
+  if e.classifier_max_train_examples:
+    spec = dataclasses.replace(spec, max_train_examples=e.classifier_max_train_examples)
+  return spec
+
+
+def make_evaluator(data_config, *, cache_dir: str | None = None, spec=None, k: int = 3,
+                   quiet: bool = False) -> Evaluator:
+  """Loads the real data and the dataset's classifier (training and caching it once)."""
+  splits = classifier_lib._train_test(data_config)
+  apply, meta = classifier_lib.load_or_train(data_config, spec=spec, cache_dir=cache_dir,
+                                             splits=splits, quiet=quiet)
+  test_features, _ = apply(splits["test"].images)
+  order = np.random.default_rng(0).permutation(len(test_features))
+  return Evaluator(apply=apply, classifier=meta, train=splits["train"],
+                   test_stats=frechet.gaussian_stats(test_features),
+                   test_features=test_features[order], test_labels=splits["test"].labels[order],
+                   k=k)
+
+
+def generate(sample, params, labels, key: jax.Array, *, batch_size: int = 500,
+             quiet: bool = True, batch_seconds: list | None = None) -> np.ndarray:
+  """uint8 samples [N,H,W,C] for `labels`, from `sample = make_sampler(config,
+  with_stats=True)`, in fixed-size batches (one compilation; the last is padded).
+  Warns, once, if the sampler diverged in any batch. Appends each batch's wall
+  time to `batch_seconds` if given (the first includes compilation)."""
+  labels = np.asarray(labels)
+  n = len(labels)
+  if n == 0 or batch_size < 1:
+    raise ValueError(f"need at least one label and batch_size >= 1 (got {n}, {batch_size}).")
+  batch_size = min(batch_size, n)
+  bar = progress.Progress(n, "sample", quiet=quiet)
+  out, warned = [], False
+  for i in range(0, n, batch_size):
+    chunk = labels[i:i + batch_size]
+    pad = batch_size - len(chunk)
+    padded = np.concatenate([chunk, chunk[:1].repeat(pad, 0)]) if pad else chunk
+    t0 = time.perf_counter()
+    x, stats = jax.device_get(sample(params, jax.random.fold_in(key, i // batch_size), padded))
+    if batch_seconds is not None:
+      batch_seconds.append(time.perf_counter() - t0)
+    warned = warned or diagnostics.warn_if_diverged(stats)
+    out.append(images_lib.to_uint8(x[:len(chunk)]))
+    bar.update(min(i + batch_size, n))
+  bar.close()
+  return np.concatenate(out)
+
+
+def evaluate_checkpoint(workdir: str, *, num_samples: int | None = None, which: str = "best",
+                        seed: int = 0, cache_dir: str | None = None, quiet: bool = False,
+                        evaluator: Evaluator | None = None, out: str | None = None,
+                        **sampling_overrides) -> dict:
+  """Generates num_samples images from a workdir's checkpoint, scores them and their
+  floor, and writes the result to workdir/eval.json (or `out`). Returns it."""
+  config, params = checkpoint.load_checkpoint(workdir, which=which)
+  n = int(num_samples or config.eval.num_samples)
+  if evaluator is None:
+    evaluator = make_evaluator(config.data, cache_dir=cache_dir or config.eval.cache_dir or None,
+                               spec=classifier_spec(config), k=config.eval.pr_k, quiet=quiet)
+  labels = evaluator.generation_labels(n)
+  t0 = time.perf_counter()
+  sample = sampling.make_sampler(config, with_stats=True, **sampling_overrides)
+  imgs = generate(sample, params, labels, jax.random.key(seed),
+                  batch_size=config.eval.batch_size, quiet=quiet)
+  sample_seconds = time.perf_counter() - t0
+  result = dict(
+      workdir=os.path.abspath(workdir), checkpoint=which, seed=seed,
+      sampling=dict(config.sampling, **sampling_overrides),
+      metrics=evaluator.evaluate(imgs, labels), floor=evaluator.floor(n),
+      classifier={k: evaluator.classifier[k] for k in ("key", "test_accuracy", "path")},
+      sample_seconds=round(sample_seconds, 2))
+  path = out or os.path.join(workdir, EVAL_FILE)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(result, f, indent=2)
+  os.replace(tmp, path)
+  result["path"] = path
+  return result
