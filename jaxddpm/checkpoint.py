@@ -25,10 +25,16 @@ def _dir(workdir: str, which: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints", which)
 
 
+class CheckpointWriteError(ValueError):
+  """A checkpoint could not be written (disk full, permissions, ...); training stops
+  and the last complete checkpoint stays as it was."""
+
+
 class Checkpointer:
   """Saves TrainStates as plain nested dicts of arrays (no class pickling)."""
 
   def __init__(self, workdir: str, keep: int):
+    self.workdir = workdir
     if keep < 1:
       raise ValueError(f"train.keep_checkpoints must be >= 1, got {keep}.")
     self.latest = ocp.CheckpointManager(
@@ -41,10 +47,13 @@ class Checkpointer:
     """Saves at state.step (asynchronously); also as the best when `best`."""
     tree = flax.serialization.to_state_dict(state)
     step = int(state.step)
-    if step not in self.latest.all_steps():
-      self.latest.save(step, args=ocp.args.StandardSave(tree))
-    if best and step not in self.best.all_steps():
-      self.best.save(step, args=ocp.args.StandardSave(tree))
+    try:
+      if step not in self.latest.all_steps():
+        self.latest.save(step, args=ocp.args.StandardSave(tree))
+      if best and step not in self.best.all_steps():
+        self.best.save(step, args=ocp.args.StandardSave(tree))
+    except Exception as e:  # noqa: BLE001 - Orbax surfaces I/O failures as many types.
+      raise self._write_error(step, e) from e
 
   def restore_latest(self, template):
     """The newest train state shaped like `template`, or None if there is none."""
@@ -55,8 +64,22 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until pending writes are on disk (call before exiting or raising)."""
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    try:
+      self.latest.wait_until_finished()
+      self.best.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - an async write failed; same as above.
+      raise self._write_error(None, e) from e
+
+  def _write_error(self, step, e: Exception) -> CheckpointWriteError:
+    try:
+      last = self.latest.latest_step()
+    except Exception:  # noqa: BLE001 - the folder itself may be unreadable now.
+      last = None
+    what = f"the checkpoint at step {step}" if step is not None else "a checkpoint"
+    return CheckpointWriteError(
+        f"could not write {what} in {self.workdir}: {type(e).__name__}: {str(e)[:200]}. "
+        "Training stopped. Free disk space (or fix the folder's permissions) and run the "
+        f"same command again to resume from the last complete checkpoint (step {last}).")
 
   def close(self) -> None:
     self.wait()

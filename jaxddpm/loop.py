@@ -6,6 +6,7 @@ decides when things happen.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Callable
 
@@ -160,7 +161,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt.save(state)
   finally:
     bar.close()
-    ckpt.close()
+    failing = sys.exc_info()[0] is not None
+    try:
+      ckpt.close()  # Waits for pending writes: an async write failure surfaces here.
+    except checkpoint.CheckpointWriteError:
+      if not failing:  # Never hide the error that is already on its way out.
+        raise
   grid_path = _write_grid(workdir, step, sampler, state.ema_params, grid_labels, config,
                           root_key)
   summary = dict(step=step, epochs=step / steps_per_epoch, stopped_early=stopped_early,

@@ -129,3 +129,34 @@ def test_corrupt_checkpoint_is_a_clear_error(smoke_config, tmp_path):
     checkpoint.load_checkpoint(str(tmp_path))
   with pytest.raises(ValueError, match="cannot restore the checkpoint at step 4"):
     loop.train_and_evaluate(smoke_config, str(tmp_path))
+
+
+def test_failed_checkpoint_write_stops_cleanly_and_keeps_the_last_one(smoke_config, tmp_path,
+                                                                      monkeypatch):
+  import errno
+
+  import orbax.checkpoint as ocp
+  real_save = ocp.CheckpointManager.save
+
+  def disk_full_from_step_16(self, step, *args, **kwargs):
+    if step >= 16:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", disk_full_from_step_16)
+  with pytest.raises(checkpoint.CheckpointWriteError,
+                     match=r"step 16.*No space left.*resume from the last complete checkpoint "
+                           r"\(step 8\)"):
+    loop.train_and_evaluate(smoke_config, str(tmp_path))
+  _, params = checkpoint.load_checkpoint(str(tmp_path), which="latest")
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+  records = progress.read_metrics(str(tmp_path / "metrics.jsonl"))
+  assert max(r["step"] for r in records) == 16  # The log is intact up to the failure.
+
+
+def test_batch_not_divisible_by_device_count_is_a_clear_error(smoke_config, tmp_path,
+                                                              monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda: 3)  # 32 images over 3 devices.
+  with pytest.raises(ValueError, match="batch_size=32 is not divisible by the 3 devices"):
+    loop.train_and_evaluate(smoke_config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()  # Refused before touching the workdir.
