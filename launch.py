@@ -34,6 +34,9 @@ flags.DEFINE_enum("which", "best", ["best", "latest"], "sample/evaluate: which c
 flags.DEFINE_string("out", None, "sample: output path prefix (default workdir/samples/...); "
                     "evaluate: the JSON path (default workdir/eval.json).")
 flags.DEFINE_bool("quiet", False, "No progress bar.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (SLURM, TPU "
+                  "pods, or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
+                  "JAX_PROCESS_ID environment variables).")
 
 
 def default_workdir(config_path: str) -> str:
@@ -45,6 +48,9 @@ def default_workdir(config_path: str) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)  # Orbax logs every save, and read-only opens, below this.
+  if FLAGS.multihost:
+    import jax
+    jax.distributed.initialize()  # Before any other JAX call: every host's devices join.
   # Imported here so that `--help` stays fast.
   from jaxddpm import cli
   config_path = flags.FLAGS["config"].config_filename if FLAGS.config is not None else None

@@ -101,6 +101,15 @@ def _restore(manager, step: int, template, where):
   return flax.serialization.from_state_dict(template, tree)
 
 
+def _on_one_device(manager, step: int):
+  """The checkpoint's arrays as abstract targets on this process's first device:
+  a state saved replicated over 8 GPUs loads on a laptop for sampling."""
+  meta = manager.item_metadata(step)
+  meta = getattr(meta, "tree", meta)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+
+
 def save_config(workdir: str, config) -> str:
   path = os.path.join(workdir, CONFIG_FILE)
   tmp = path + ".tmp"
@@ -157,12 +166,12 @@ def load_checkpoint(workdir: str, *, which: str = "best", ema: bool = True):
     if not os.path.isdir(directory):
       continue
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-        read_only=True, create=False))
+        read_only=True, create=False), item_handlers=ocp.StandardCheckpointHandler())
     step = manager.latest_step()
     if step is None:
       continue
     try:
-      tree = manager.restore(step, args=ocp.args.StandardRestore())
+      tree = manager.restore(step, args=ocp.args.StandardRestore(_on_one_device(manager, step)))
     except Exception as e:  # noqa: BLE001
       raise ValueError(f"cannot read the checkpoint at step {step} in {directory}: "
                        f"{type(e).__name__}: {str(e)[:300]}. It is damaged or partial; "

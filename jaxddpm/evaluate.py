@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from jaxddpm import checkpoint, data as data_lib, diagnostics, images as images_lib, progress
-from jaxddpm import sampling
+from jaxddpm import parallel, sampling
 from jaxddpm.metrics import classifier as classifier_lib
 from jaxddpm.metrics import frechet, manifold
 
@@ -129,7 +129,7 @@ def generate(sample, params, labels, key: jax.Array, *, batch_size: int = 500,
     pad = batch_size - len(chunk)
     padded = np.concatenate([chunk, chunk[:1].repeat(pad, 0)]) if pad else chunk
     t0 = time.perf_counter()
-    x, stats = jax.device_get(sample(params, jax.random.fold_in(key, i // batch_size), padded))
+    x, stats = parallel.to_host(sample(params, jax.random.fold_in(key, i // batch_size), padded))
     if batch_seconds is not None:
       batch_seconds.append(time.perf_counter() - t0)
     warned = warned or diagnostics.warn_if_diverged(stats)

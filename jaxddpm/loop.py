@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxddpm import checkpoint, data, diagnostics, evaluate, progress, sampling
+from jaxddpm import checkpoint, data, diagnostics, evaluate, parallel, progress, sampling
 from jaxddpm import images as images_lib
 from jaxddpm.train import (check_diffusion_config, create_train_state, end_epoch,
                            init_params, lr_schedule, make_plateau, make_steps)
@@ -24,15 +24,19 @@ class NonFiniteError(FloatingPointError):
   """The loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
 
 
-def make_chunk_fn(step_fn: Callable, batch_size: int) -> Callable:
+def make_chunk_fn(step_fn: Callable, batch_size: int, mesh=None) -> Callable:
   """`chunk(state, images, labels, perm, offset, key, k)`: k train steps in one
   compiled `lax.scan`, each gathering its batch from the device-resident data via
-  the epoch permutation `perm`; metrics come back stacked [k]."""
+  the epoch permutation `perm`; metrics come back stacked [k]. With a mesh, each
+  gathered batch is sharded over its `data` axis (the state stays replicated)."""
 
   def chunk(state, images, labels, perm, offset, key, k):
     def body(state, i):
       idx = jax.lax.dynamic_slice(perm, ((offset + i) * batch_size,), (batch_size,))
-      return step_fn(state, {"image": images[idx], "label": labels[idx]}, key)
+      batch = {"image": images[idx], "label": labels[idx]}
+      if mesh is not None:
+        batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharding(mesh))
+      return step_fn(state, batch, key)
     if k == 1:
       # No loop for one step: XLA:CPU runs a train step inside a while loop ~6x
       # slower than outside it (measured; loop-carried conv weights), so the CPU
@@ -44,15 +48,17 @@ def make_chunk_fn(step_fn: Callable, batch_size: int) -> Callable:
   return jax.jit(chunk, static_argnums=(6,), donate_argnums=(0,))
 
 
-def validation_loss(eval_fn, params, images, labels, batch_size: int, key: jax.Array) -> float:
+def validation_loss(eval_fn, params, images, labels, batch_size: int, key: jax.Array,
+                    mesh=None) -> float:
   """Mean loss over the validation set with a fixed key, so epochs compare.
   The last partial batch is dropped (at most batch_size - 1 images)."""
   n = images.shape[0] // batch_size
   if n == 0:
     raise ValueError(f"the validation set ({images.shape[0]} images) is smaller than "
                      f"train.eval_batch_size={batch_size}.")
-  losses = [eval_fn(params, {"image": images[i * batch_size:(i + 1) * batch_size],
-                             "label": labels[i * batch_size:(i + 1) * batch_size]},
+  place = (lambda b: parallel.shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
+  losses = [eval_fn(params, place({"image": images[i * batch_size:(i + 1) * batch_size],
+                                   "label": labels[i * batch_size:(i + 1) * batch_size]}),
                     jax.random.fold_in(key, i))["loss"] for i in range(n)]
   return float(jnp.mean(jnp.stack(losses)))
 
@@ -72,9 +78,10 @@ def _check_train_config(config) -> None:
       raise ValueError(f"train.{name} must be >= 1, got {t[name]}.")
   if t.num_epochs < 1 and t.num_steps < 1:
     raise ValueError("set train.num_epochs or train.num_steps to at least 1.")
-  if t.batch_size % jax.device_count():
-    raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the "
-                     f"{jax.device_count()} devices.")
+  for name in ("batch_size", "eval_batch_size"):
+    if t[name] % jax.device_count():
+      raise ValueError(f"train.{name}={t[name]} is not divisible by the "
+                       f"{jax.device_count()} devices; use a multiple of {jax.device_count()}.")
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -101,19 +108,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
   fresh = create_train_state(init_params(model, config, init_key), tx, plateau, root_key)
   ckpt = checkpoint.Checkpointer(workdir, config.train.keep_checkpoints)
   state = ckpt.restore_latest(fresh) or fresh
-  checkpoint.save_config(workdir, config)
+  lead = jax.process_index() == 0  # Multi-host: one host writes files; Orbax coordinates.
+  if lead:
+    checkpoint.save_config(workdir, config)
+  mesh = parallel.make_mesh()  # All devices: the batch is split, the state replicated.
+  state = parallel.replicate(state, mesh)
   key = jax.random.wrap_key_data(state.rng)
   data_key, step_key, val_key = (jax.random.fold_in(key, i) for i in range(3))
 
-  # The whole uint8 dataset lives on the device; batches are gathered there.
-  train_x, train_y = jnp.asarray(splits["train"].images), jnp.asarray(splits["train"].labels)
-  val_x, val_y = jnp.asarray(splits["val"].images), jnp.asarray(splits["val"].labels)
-  chunk_fn = make_chunk_fn(step_fn, B)  # The jitted step inlines into the scan.
+  # The whole uint8 dataset lives on every device; batches are gathered there.
+  train_x, train_y, val_x, val_y = parallel.replicate(
+      (splits["train"].images, splits["train"].labels, splits["val"].images,
+       splits["val"].labels), mesh)
+  chunk_fn = make_chunk_fn(step_fn, B, mesh)  # The jitted step inlines into the scan.
   sampler = sampling.make_sampler(config, with_stats=True)
   grid_labels = _grid_labels(config, splits["val"])
   evaluator = _make_evaluator(config)
-  log = progress.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
-  bar = progress.Progress(total, "train", start=int(state.step), quiet=config.train.quiet)
+  log = progress.MetricsLog(os.path.join(workdir, "metrics.jsonl"), writer=lead)
+  bar = progress.Progress(total, "train", start=int(state.step),
+                          quiet=config.train.quiet or not lead)
   patience = config.train.early_stopping_patience
   lr_at = lr_schedule(config.optim)  # For logging: the optimizer's own schedule.
   step, perm, perm_epoch, stopped_early = int(state.step), None, -1, False
@@ -140,7 +153,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         pending, last_log_time, last_log_step = [], time.perf_counter(), step
       if at_epoch_end:
         val = validation_loss(eval_fn, state.params, val_x, val_y,
-                              config.train.eval_batch_size, val_key)
+                              config.train.eval_batch_size, val_key, mesh)
         state, improved = end_epoch(state, val, plateau)
         bad_epochs = int(state.bad_epochs)
         log.write(step=step, epoch=step // steps_per_epoch, val_loss=val,
@@ -254,9 +267,11 @@ def _grid_labels(config, val_split) -> np.ndarray:
 
 
 def _write_grid(workdir, step, sampler, params, labels, config, root_key) -> str:
-  samples, stats = jax.device_get(sampler(params, jax.random.fold_in(root_key, 10_000_019),
-                                          labels))
+  samples, stats = parallel.to_host(sampler(params, jax.random.fold_in(root_key, 10_000_019),
+                                            labels))
   diagnostics.warn_if_diverged(stats)
   rows = len(labels) // config.train.samples_per_class
   path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+  if jax.process_index():  # Every host samples (one computation); the first writes.
+    return path
   return images_lib.write_png(path, images_lib.class_grid(np.asarray(samples), rows))

@@ -61,13 +61,17 @@ class Progress:
 
 
 class MetricsLog:
-  """Appends one JSON object per line to workdir/metrics.jsonl."""
+  """Appends one JSON object per line to workdir/metrics.jsonl. On several hosts
+  only the first writes (the others compute the same numbers)."""
 
-  def __init__(self, path: str):
-    self.path = path
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  def __init__(self, path: str, *, writer: bool = True):
+    self.path, self.writer = path, writer
+    if writer:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
   def write(self, **record) -> None:
+    if not self.writer:
+      return
     clean = {k: (float(v) if hasattr(v, "item") else v) for k, v in record.items()}
     with open(self.path, "a") as f:
       f.write(json.dumps(clean) + "\n")

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxddpm import diffusion
+from jaxddpm import diffusion, parallel
 from jaxddpm import schedules as schedules_lib
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
@@ -117,6 +117,7 @@ def sample_loop(
     variance: str = "small",
     return_trajectory: bool = False,
     return_stats: bool = False,
+    batch_sharding=None,
 ):
   """Runs the reverse process from x_T ~ N(0, I) as one `lax.scan` over steps.
 
@@ -137,6 +138,8 @@ def sample_loop(
     variance: DDPM variance, "small" (β̃_t) or "large" (β_t).
     return_trajectory: also return per-step states and statistics.
     return_stats: also return the per-step statistics only (cheap).
+    batch_sharding: a sharding for x_t's batch axis (data parallel sampling);
+      the numbers drawn do not depend on it.
   Returns:
     Samples float32 [B, H, W, C]. With return_stats, (samples, info) where info
     holds "std", "max_abs" (of x_t) and "clip_fraction" (of x̂_0 outside [-1, 1])
@@ -160,6 +163,8 @@ def sample_loop(
   B = labels.shape[0]
   k_init, k_steps = jax.random.split(key)
   x_T = jax.random.normal(k_init, (B, *shape), jnp.float32)
+  if batch_sharding is not None:
+    x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
 
   needs_noise = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
   dpm = ({k: jnp.asarray(v) for k, v in dpm_solver_coefficients(sched.alpha_bars).items()}
@@ -231,17 +236,26 @@ def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = Fa
   def denoise_fn(params, x_t, t, labels, use_labels):
     return model.apply({"params": params}, x_t, t, labels, use_labels, train=False)
 
-  @jax.jit
-  def _sample(params, key, labels):
+  mesh = parallel.make_mesh()
+  n_devices = mesh.devices.size
+
+  @functools.partial(jax.jit, static_argnums=(3,))
+  def _sample(params, key, labels, sharded):
     return sample_loop(
         functools.partial(denoise_fn, params), schedule, key, labels, shape,
         sampler=opts["sampler"], steps=opts["steps"], eta=opts["eta"],
         guidance_scale=opts["guidance_scale"], prediction=config.diffusion.prediction,
         clip_x0=opts["clip_x0"], variance=opts["variance"], return_stats=with_stats,
-        return_trajectory=with_trajectory)
+        return_trajectory=with_trajectory,
+        batch_sharding=parallel.batch_sharding(mesh) if sharded else None)
 
   def sample(params, key, labels):
-    return _sample(params, key, check_labels(labels, num_classes))
+    labels = check_labels(labels, num_classes)
+    # Split the batch over the devices when it divides evenly (same numbers either way).
+    sharded = n_devices > 1 and labels.shape[0] % n_devices == 0
+    if sharded:
+      labels = parallel.shard_batch(labels, mesh)
+    return _sample(params, key, labels, sharded)
 
   return sample
 

@@ -1,0 +1,94 @@
+"""Run by test_parallel.py in a subprocess with 4 forced CPU devices (XLA_FLAGS must
+be set before jax is imported). Prints one JSON line of measurements."""
+
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import base, mnist  # noqa: E402
+from jaxddpm import loop, parallel, sampling, schedules, train  # noqa: E402
+
+
+def tiny_config():
+  c = base.get_config()
+  c.data.update(image_size=8, num_classes=4)
+  c.model.update(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                 attention_resolutions=(4,), num_heads=2, dropout=0.0)
+  c.diffusion.num_timesteps = 100
+  c.sampling.steps = 5
+  c.optim.update(warmup_steps=0, lr=1e-3)
+  return c
+
+
+def max_diff(a, b):
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def main(workdir):
+  out = {"devices": jax.device_count()}
+  c = tiny_config()
+  model, _, tx, step, _ = train.make_steps(c)
+  params = train.init_params(model, c, jax.random.key(0))
+  fresh = lambda: train.create_train_state(jax.tree.map(jnp.copy, params), tx)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (8, 8, 8, 1), dtype=np.uint8),
+           "label": (np.arange(8) % 4).astype(np.int32)}
+  key = jax.random.key(3)
+  single, m1 = step(fresh(), jax.device_put(batch, jax.devices()[0]), key)
+  mesh = parallel.make_mesh()
+  sharded_batch = parallel.shard_batch(batch, mesh)
+  out["batch_shards"] = len(sharded_batch["image"].addressable_shards)
+  out["shard_shape"] = list(sharded_batch["image"].addressable_shards[0].data.shape)
+  multi, m2 = step(parallel.replicate(fresh(), mesh), sharded_batch, key)
+  out["step_loss_diff"] = abs(float(m1["loss"]) - float(m2["loss"]))
+  out["step_param_diff"] = max_diff(single.params, multi.params)
+  out["params_replicated"] = bool(jax.tree.leaves(multi.params)[0].sharding.is_fully_replicated)
+
+  # The loop's chunk (batch gathered on device, then sharded) against no mesh.
+  images = jnp.asarray(rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8))
+  labels = jnp.arange(16) % 4
+  perm = jax.random.permutation(jax.random.key(1), 16)
+  a = loop.make_chunk_fn(step, 8)(fresh(), images, labels, perm, 0, key, 2)[0]
+  b = loop.make_chunk_fn(step, 8, mesh)(parallel.replicate(fresh(), mesh),
+                                        *parallel.replicate((images, labels, perm), mesh),
+                                        0, key, 2)[0]
+  out["chunk_param_diff"] = max_diff(a.params, b.params)
+
+  # Sampling: make_sampler shards a batch of 8 over the 4 devices.
+  sample = sampling.make_sampler(c)
+  got = sample(params, jax.random.key(5), np.arange(8) % 4)
+  out["sample_sharded"] = not got.sharding.is_fully_replicated
+  denoise = lambda x, t, y, u: model.apply({"params": params}, x, t, y, u, train=False)
+  schedule = schedules.from_config(c.diffusion)
+  want = jax.jit(lambda k, y: sampling.sample_loop(
+      denoise, schedule, k, y, (8, 8, 1), sampler="ddim", steps=5,
+      guidance_scale=c.sampling.guidance_scale, prediction=c.diffusion.prediction))(
+          jax.device_put(jax.random.key(5), jax.devices()[0]),
+          jax.device_put(jnp.arange(8) % 4, jax.devices()[0]))
+  out["sample_diff"] = float(jnp.max(jnp.abs(np.asarray(got) - np.asarray(want))))
+
+  # A batch the devices cannot split.
+  c.train.batch_size = 30
+  try:
+    loop.train_and_evaluate(c, os.path.join(workdir, "never"))
+    out["indivisible_error"] = ""
+  except ValueError as e:
+    out["indivisible_error"] = str(e)
+
+  # The whole loop on :smoke, 4 steps, for the outer test to compare with 1 device.
+  s = mnist.get_config("smoke")
+  s.train.num_steps = 4
+  loop.train_and_evaluate(s, os.path.join(workdir, "smoke4"))
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1])
