@@ -1,6 +1,7 @@
 """Training and sampling throughput of jaxddpm's models; prints a Markdown table.
 
   python bench/throughput.py                       # CPU-sized defaults
+  python bench/throughput.py --models template-small --torch eager,compile  # vs PyTorch
   python bench/throughput.py --models template-small,unet --batches 128,256 \
       --dtypes float32,bfloat16 --sample_count 10000
 
@@ -96,6 +97,8 @@ def main():
   p.add_argument("--sample_count", type=int, default=100, help="0 skips sampling")
   p.add_argument("--sample_steps", type=int, default=50)
   p.add_argument("--guidance", type=float, default=3.0)
+  p.add_argument("--torch", default="", help="also time PyTorch (bench/torch_baseline.py) for "
+                 "template-* models in these modes, e.g. eager,compile; prints ratios")
   a = p.parse_args()
   dev = jax.devices()[0]
   print(f"jax {jax.__version__} on {dev.platform}: {getattr(dev, 'device_kind', '')} "
@@ -115,7 +118,20 @@ def main():
                if a.sample_count else {"sample_img_s": float("nan")})
           print(f"| {model} | {size}x{size}x{ch} | {dtype} | {batch} | {r['img_s']:.0f} | "
                 f"{r['gflop_img']:.2f} | {r['tflops']:.3f} | {r['compile_s']:.1f} | "
-                f"{s['sample_img_s']:.0f} |", flush=True)
+                f"{s['sample_img_s']:.1f} |", flush=True)
+          if a.torch and model.startswith("template-") and dtype == "float32":
+            _torch_rows(model.split("-", 1)[1], batch, size, ch, a, r, s)
+
+
+def _torch_rows(preset, batch, size, ch, a, jax_train, jax_sample):
+  """The same model, step and sampler in PyTorch, and jaxddpm / PyTorch ratios."""
+  import torch_baseline  # bench/ is on sys.path when this script runs.
+  for mode in a.torch.split(","):
+    t = torch_baseline.measure(preset, batch, size, ch, mode, a.iters, a.sample_count or 20)
+    print(f"| torch {mode} template-{preset} | {size}x{size}x{ch} | float32 | {batch} | "
+          f"{t['train_ips']:.0f} | | | {t['warmup_s']:.1f} | {t['sample_ips']:.1f} |")
+    print(f"| **jaxddpm / torch {mode}** | | | | **{jax_train['img_s'] / t['train_ips']:.2f}x** "
+          f"| | | | **{jax_sample['sample_img_s'] / t['sample_ips']:.2f}x** |", flush=True)
 
 
 if __name__ == "__main__":

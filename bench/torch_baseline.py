@@ -1,0 +1,205 @@
+"""PyTorch reference for the speed comparison: the same TemplateUNet, train step and
+DDIM + CFG sampler as jaxddpm, timed in eager mode and under torch.compile.
+
+  pip install -e ".[bench]"          # torch (CPU: pip install torch==2.13.0)
+  python bench/torch_baseline.py --presets small --batches 128 --modes eager,compile
+  python bench/throughput.py --torch  # jaxddpm and this, same run, with ratios
+
+The network mirrors jaxddpm/models/template_unet.py layer for layer (parameter
+counts are printed and must match: small 1,703,553 at 28x28x1); the train step is
+ε-MSE with Adam and global-norm clipping; the sampler is DDIM with CFG as one
+batched pass of 2B images per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PRESETS = {"small": ((32, 64, 128), 8), "wide": ((64, 128, 256), 256)}
+
+
+class GELUConv(nn.Sequential):
+  def __init__(self, cin, cout, groups):
+    super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(min(groups, cout), cout),
+                     nn.GELU())
+
+
+class Residual(nn.Module):
+  def __init__(self, cin, cout, groups):
+    super().__init__()
+    self.a, self.b = GELUConv(cin, cout, groups), GELUConv(cout, cout, groups)
+
+  def forward(self, x):
+    x1 = self.a(x)
+    return x1 + self.b(x1)
+
+
+class Down(nn.Module):
+  def __init__(self, cin, cout, groups):
+    super().__init__()
+    self.convs = nn.Sequential(GELUConv(cin, cout, groups), GELUConv(cout, cout, groups))
+    self.pool = GELUConv(4 * cout, cout, groups)
+
+  def forward(self, x):
+    skip = self.convs(x)
+    pooled = F.pixel_unshuffle(skip, 2)  # Space-to-depth, as einops' rearrange.
+    return self.pool(pooled), skip
+
+
+class Up(nn.Module):
+  def __init__(self, cin, cskip, cout, groups):
+    super().__init__()
+    self.up = nn.ConvTranspose2d(cin, cout, 2, stride=2)
+    self.convs = nn.Sequential(GELUConv(cout + cskip, cout, groups),
+                               *[GELUConv(cout, cout, groups) for _ in range(3)])
+
+  def forward(self, x, skip):
+    return self.convs(torch.cat([self.up(x), skip], 1))
+
+
+class Embed(nn.Sequential):
+  def __init__(self, cin, cout):
+    super().__init__(nn.Linear(cin, cout), nn.GELU(), nn.Linear(cout, cout))
+
+
+class TemplateUNet(nn.Module):
+  def __init__(self, preset="small", channels=1, num_classes=10, T=1000):
+    super().__init__()
+    (c0, c1, c2), self.t_dim = PRESETS[preset]
+    self.T, self.num_classes = T, num_classes
+    self.down0 = Residual(channels, c0, 8)
+    self.down1, self.down2 = Down(c0, c1, 32), Down(c1, c2, 32)
+    self.mid = Residual(c2, c2, 32)
+    self.temb1, self.temb2 = Embed(self.t_dim, c2), Embed(self.t_dim, c1)
+    self.cemb1, self.cemb2 = Embed(num_classes, c2), Embed(num_classes, c1)
+    self.up1, self.up2 = Up(c2, c2, c1, 32), Up(c1, c1, c0, 8)
+    self.out_conv = nn.Conv2d(2 * c0, c0, 3, padding=1)
+    self.out_norm = nn.GroupNorm(min(8, c0), c0)
+    self.out = nn.Conv2d(c0, channels, 3, padding=1)
+
+  def forward(self, x, t, labels, use):
+    half = self.t_dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device) / (half - 1))
+    args = (t.float() / self.T)[:, None] * freqs[None]
+    t_emb = torch.cat([args.sin(), args.cos()], -1)
+    cond = F.one_hot(labels, self.num_classes).float() * use.float()[:, None]
+    down0 = self.down0(x)
+    down1, skip1 = self.down1(down0)
+    down2, skip2 = self.down2(down1)
+    mid = self.mid(down2)
+    v = lambda e: e[:, :, None, None]
+    h = self.up1(v(self.cemb1(cond)) * mid + v(self.temb1(t_emb)), skip2)
+    h = self.up2(v(self.cemb2(cond)) * h + v(self.temb2(t_emb)), skip1)
+    h = F.relu(self.out_norm(self.out_conv(torch.cat([h, down0], 1))))
+    return self.out(h)
+
+
+def cosine_alpha_bars(T=1000, s=0.008, max_beta=0.999):
+  steps = np.arange(T + 1, dtype=np.float64) / T
+  f = np.cos((steps + s) / (1 + s) * np.pi / 2) ** 2
+  ab = f / f[0]
+  betas = np.minimum(1 - ab[1:] / ab[:-1], max_beta)
+  return torch.tensor(np.cumprod(1 - betas), dtype=torch.float32)
+
+
+def make_train_step(model, opt, alpha_bars, p_uncond=0.1):
+  def step(x0, labels):
+    B = x0.shape[0]
+    t = torch.randint(0, len(alpha_bars), (B,))
+    eps = torch.randn_like(x0)
+    ab = alpha_bars[t][:, None, None, None]
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    use = torch.rand(B) >= p_uncond
+    loss = F.mse_loss(model(x_t, t, labels, use), eps)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss
+  return step
+
+
+@torch.no_grad()
+def ddim_cfg(model, alpha_bars, labels, shape, steps=50, scale=2.0):
+  """DDIM (eta 0) with CFG as one batched pass; x0 clipped like jaxddpm's default."""
+  T = len(alpha_bars)
+  ts = np.linspace(0, T - 1, steps).round().astype(int)[::-1]
+  B = labels.shape[0]
+  x = torch.randn(B, *shape)
+  use = torch.cat([torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)])
+  for i, t in enumerate(ts):
+    ab = alpha_bars[t]
+    ab_prev = alpha_bars[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
+    pred = model(torch.cat([x, x]), torch.full((2 * B,), int(t)), torch.cat([labels, labels]),
+                 use)
+    eps = pred[B:] + scale * (pred[:B] - pred[B:])
+    x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
+    eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+    x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+  return x
+
+
+def measure(preset="small", batch=128, size=28, channels=1, mode="eager", iters=5,
+            sample_count=20, seed=0) -> dict:
+  """Train images/s (steady state) and DDIM-50+CFG images/s for one setting."""
+  torch.manual_seed(seed)
+  model = TemplateUNet(preset, channels)
+  n_params = sum(p.numel() for p in model.parameters())
+  opt = torch.optim.Adam(model.parameters(), lr=2e-4)
+  alpha_bars = cosine_alpha_bars()
+  step = make_train_step(model, opt, alpha_bars)
+  net = model
+  if mode == "compile":
+    net = torch.compile(model)
+    step = make_train_step(net, opt, alpha_bars)
+  x = torch.rand(batch, channels, size, size) * 2 - 1
+  labels = torch.randint(0, 10, (batch,))
+  t0 = time.perf_counter()
+  step(x, labels)  # Warm-up (compiles under torch.compile).
+  warmup = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for _ in range(iters):
+    step(x, labels)
+  train_ips = iters * batch / (time.perf_counter() - t0)
+  net.eval()
+  sample_labels = torch.arange(sample_count) % 10
+  ddim_cfg(net, alpha_bars, sample_labels, (channels, size, size), steps=2)  # Warm-up.
+  t0 = time.perf_counter()
+  ddim_cfg(net, alpha_bars, sample_labels, (channels, size, size))
+  sample_ips = sample_count / (time.perf_counter() - t0)
+  return dict(preset=preset, batch=batch, shape=f"{size}x{size}x{channels}", mode=mode,
+              params=n_params, train_ips=train_ips, warmup_s=warmup, sample_ips=sample_ips)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--presets", default="small")
+  p.add_argument("--batches", default="128")
+  p.add_argument("--shapes", default="28x1", help="size x channels, comma-separated")
+  p.add_argument("--modes", default="eager,compile")
+  p.add_argument("--iters", type=int, default=5)
+  p.add_argument("--sample_count", type=int, default=20)
+  args = p.parse_args()
+  print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+  print("| model | shape | mode | batch | params | train img/s | warm-up s | DDIM-50+CFG img/s |")
+  print("|---|---|---|---|---|---|---|---|")
+  for preset in args.presets.split(","):
+    for shape in args.shapes.split(","):
+      size, channels = (int(v) for v in shape.split("x"))
+      for mode in args.modes.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+          r = measure(preset, batch, size, channels, mode, args.iters, args.sample_count)
+          print(f"| template-{preset} | {r['shape']} | {mode} | {batch} | {r['params']:,} | "
+                f"{r['train_ips']:.0f} | {r['warmup_s']:.1f} | {r['sample_ips']:.1f} |",
+                flush=True)
+
+
+if __name__ == "__main__":
+  main()
