@@ -25,7 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import base  # noqa: E402
-from jaxddpm import sampling, train  # noqa: E402
+from jaxddpm import parallel, sampling, train  # noqa: E402
 
 MODELS = {
     "template-small": dict(name="template", template_preset="small"),
@@ -52,13 +52,29 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", float("nan")))
 
 
-def bench_train(c, batch: int, iters: int) -> dict:
+def matmul_peak(dtype: str, n: int = 4096, iters: int = 5) -> float:
+  """Measured TFLOP/s of an n x n matmul on the default device: the denominator
+  of the 'of peak' column (a measured, not a datasheet, peak)."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  t0 = time.perf_counter()
+  for _ in range(iters):
+    out = f(a)
+  jax.block_until_ready(out)
+  return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
+
+
+def bench_train(c, batch: int, iters: int, sharded: bool = False) -> dict:
   model, _, tx, step, _ = train.make_steps(c)
   params = train.init_params(model, c, jax.random.key(0))
   state = train.create_train_state(params, tx)
   s = c.data.image_size
   data = {"image": jnp.full((batch, s, s, c.data.channels), 128, jnp.uint8),
           "label": jnp.arange(batch, dtype=jnp.int32) % c.data.num_classes}
+  if sharded:  # Data parallel over all devices, as the training loop does.
+    mesh = parallel.make_mesh()
+    state, data = parallel.replicate(state, mesh), parallel.shard_batch(data, mesh)
   key = jax.random.key(1)
   t0 = time.perf_counter()
   compiled = step.lower(state, data, key).compile()
@@ -70,7 +86,7 @@ def bench_train(c, batch: int, iters: int) -> dict:
     state, m = compiled(state, data, key)
   jax.block_until_ready(m)
   dt = (time.perf_counter() - t0) / iters
-  flops = _flops(compiled)
+  flops = _flops(compiled) * (jax.device_count() if sharded else 1)  # XLA counts per device.
   return dict(img_s=batch / dt, compile_s=compile_s, gflop_img=flops / batch / 1e9,
               tflops=flops / dt / 1e12, params=state.ema_params)
 
@@ -97,6 +113,9 @@ def main():
   p.add_argument("--sample_count", type=int, default=100, help="0 skips sampling")
   p.add_argument("--sample_steps", type=int, default=50)
   p.add_argument("--guidance", type=float, default=3.0)
+  p.add_argument("--sharded", action="store_true", help="shard the batch over all devices "
+                 "(e.g. XLA_FLAGS=--xla_force_host_platform_device_count=4)")
+  p.add_argument("--peak", action="store_true", help="measure matmul peak; print MFU")
   p.add_argument("--torch", default="", help="also time PyTorch (bench/torch_baseline.py) for "
                  "template-* models in these modes, e.g. eager,compile; prints ratios")
   a = p.parse_args()
@@ -104,21 +123,28 @@ def main():
   print(f"jax {jax.__version__} on {dev.platform}: {getattr(dev, 'device_kind', '')} "
         f"x{jax.device_count()}; host {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cpus; {time.strftime('%Y-%m-%d')}")
+  peaks = {d: matmul_peak(d) for d in a.dtypes.split(",")} if a.peak else {}
+  for d, v in peaks.items():
+    print(f"measured {d} matmul peak (4096^2): {v:.3f} TFLOP/s")
+  if a.sharded:
+    print(f"batch sharded over {jax.device_count()} devices")
   print("| model | shape | dtype | batch | train img/s | GFLOP/img | TFLOP/s | compile s "
-        f"| DDIM-{a.sample_steps}+CFG img/s ({a.sample_count}) |")
-  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        f"| DDIM-{a.sample_steps}+CFG img/s ({a.sample_count}) |"
+        + (" of matmul peak |" if peaks else ""))
+  print("| --- " * (10 if peaks else 9) + "|")
   for model in a.models.split(","):
     for shape in a.shapes.split(","):
       size, ch = (int(v) for v in shape.split("x"))
       for dtype in a.dtypes.split(","):
         for batch in (int(b) for b in a.batches.split(",")):
           c = _config(model, dtype, size, ch)
-          r = bench_train(c, batch, a.iters)
+          r = bench_train(c, batch, a.iters, a.sharded)
           s = (bench_sample(c, r["params"], a.sample_count, a.sample_steps, a.guidance)
                if a.sample_count else {"sample_img_s": float("nan")})
           print(f"| {model} | {size}x{size}x{ch} | {dtype} | {batch} | {r['img_s']:.0f} | "
                 f"{r['gflop_img']:.2f} | {r['tflops']:.3f} | {r['compile_s']:.1f} | "
-                f"{s['sample_img_s']:.1f} |", flush=True)
+                f"{s['sample_img_s']:.1f} |"
+                + (f" {r['tflops'] / peaks[dtype]:.0%} |" if peaks else ""), flush=True)
           if a.torch and model.startswith("template-") and dtype == "float32":
             _torch_rows(model.split("-", 1)[1], batch, size, ch, a, r, s)
 

@@ -7,8 +7,9 @@ Run:
 
 Expected (measured, see docs/RESULTS.md): `:cpu` trains in ~15 min on 2 CPU cores
 to a validation loss of ~0.038 and a grid of recognisable garments of the right
-classes, one row per class (docs/fmnist_cpu.png). The default config on a GPU is
-not measured yet.
+classes, one row per class (docs/fmnist_cpu.png); `--mode=evaluate` with 1,000
+samples: conditional accuracy 93.6%, Frechet distance 10.2 (real-data floor 1.6).
+The default config on a GPU is not measured yet.
 """
 
 from configs import base, variants

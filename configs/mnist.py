@@ -7,7 +7,8 @@ Run:
 
 Expected (measured, see docs/RESULTS.md): `:cpu` trains in ~15 min on 2 CPU cores
 (no GPU) to a validation loss of ~0.025 and a grid of clean digits of the right
-classes (docs/mnist_cpu.png). On one H100 the default model reaches clean digits
+classes (docs/mnist_cpu.png); `--mode=evaluate` with 1,000 samples: conditional
+accuracy 97.5%, Frechet distance 17.9 (real-data floor 4.1). On one H100 the default model reaches clean digits
 in 3 epochs (~3 min, most of it compiling; measured with eps-prediction).
 """
 
