@@ -111,11 +111,13 @@ def main():
                              batch_seconds=times)
     seconds = sum(times)
     # The first batch also compiles: its excess over the others' median.
-    compile_s = max(times[0] - float(np.median(times[1:])), 0.0) if len(times) > 1 else 0.0
+    # (Unknown with a single batch: then the total includes compiling.)
+    compile_s = max(times[0] - float(np.median(times[1:])), 0.0) if len(times) > 1 else None
     m = evaluator.evaluate(imgs, labels)
     print(f"| {opts['sampler']} | {opts['steps']} | {opts['guidance_scale']:g} | "
           f"{m['conditional_accuracy']:.4f} | {m['frechet_distance']:.3f} | "
-          f"{m['precision']:.3f} | {m['recall']:.3f} | {seconds:.0f} ({compile_s:.0f}) |",
+          f"{m['precision']:.3f} | {m['recall']:.3f} | {seconds:.0f} "
+          f"({'-' if compile_s is None else f'{compile_s:.0f}'}) |",
           flush=True)
     if args.grids:
       per_class = np.concatenate([imgs[labels == c][:10] for c in range(config.data.num_classes)])

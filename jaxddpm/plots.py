@@ -44,6 +44,7 @@ def line_panel(series: Sequence[tuple], *, title: str = "", xlabel: str = "",
   lo, hi = float(tr(good_y.min())), float(tr(good_y.max()))
   if hi - lo < 1e-12:
     lo, hi = lo - 0.5, hi + 0.5
+  data_lo, data_hi = lo, hi  # Ticks name the data's range; the axes get 5% margins.
   pad = 0.05 * (hi - lo)
   lo, hi = lo - pad, hi + pad
   xlo, xhi = float(all_x.min()), float(all_x.max())
@@ -54,7 +55,7 @@ def line_panel(series: Sequence[tuple], *, title: str = "", xlabel: str = "",
 
   draw.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
   for frac in (0.0, 0.5, 1.0):
-    v = lo + frac * (hi - lo)
+    v = data_lo + frac * (data_hi - data_lo)
     label = _fmt(10**v) if log_y else _fmt(v)
     draw.line([x0 - 3, py(v), x0, py(v)], fill=(0, 0, 0))
     draw.text((2, py(v) - 6), label, fill=(0, 0, 0))
