@@ -23,6 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 PRESETS = {"small": ((32, 64, 128), 8), "wide": ((64, 128, 256), 256)}
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync():
+  if DEVICE.type == "cuda":
+    torch.cuda.synchronize()
 
 
 class GELUConv(nn.Sequential):
@@ -106,17 +112,17 @@ def cosine_alpha_bars(T=1000, s=0.008, max_beta=0.999):
   f = np.cos((steps + s) / (1 + s) * np.pi / 2) ** 2
   ab = f / f[0]
   betas = np.minimum(1 - ab[1:] / ab[:-1], max_beta)
-  return torch.tensor(np.cumprod(1 - betas), dtype=torch.float32)
+  return torch.tensor(np.cumprod(1 - betas), dtype=torch.float32, device=DEVICE)
 
 
 def make_train_step(model, opt, alpha_bars, p_uncond=0.1):
   def step(x0, labels):
     B = x0.shape[0]
-    t = torch.randint(0, len(alpha_bars), (B,))
+    t = torch.randint(0, len(alpha_bars), (B,), device=DEVICE)
     eps = torch.randn_like(x0)
     ab = alpha_bars[t][:, None, None, None]
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-    use = torch.rand(B) >= p_uncond
+    use = torch.rand(B, device=DEVICE) >= p_uncond
     loss = F.mse_loss(model(x_t, t, labels, use), eps)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -132,13 +138,14 @@ def ddim_cfg(model, alpha_bars, labels, shape, steps=50, scale=2.0):
   T = len(alpha_bars)
   ts = np.linspace(0, T - 1, steps).round().astype(int)[::-1]
   B = labels.shape[0]
-  x = torch.randn(B, *shape)
-  use = torch.cat([torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)])
+  x = torch.randn(B, *shape, device=DEVICE)
+  use = torch.cat([torch.ones(B, dtype=torch.bool, device=DEVICE),
+                   torch.zeros(B, dtype=torch.bool, device=DEVICE)])
   for i, t in enumerate(ts):
     ab = alpha_bars[t]
-    ab_prev = alpha_bars[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
-    pred = model(torch.cat([x, x]), torch.full((2 * B,), int(t)), torch.cat([labels, labels]),
-                 use)
+    ab_prev = alpha_bars[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, device=DEVICE)
+    pred = model(torch.cat([x, x]), torch.full((2 * B,), int(t), device=DEVICE),
+                 torch.cat([labels, labels]), use)
     eps = pred[B:] + scale * (pred[:B] - pred[B:])
     x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
     eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
@@ -150,7 +157,7 @@ def measure(preset="small", batch=128, size=28, channels=1, mode="eager", iters=
             sample_count=20, seed=0) -> dict:
   """Train images/s (steady state) and DDIM-50+CFG images/s for one setting."""
   torch.manual_seed(seed)
-  model = TemplateUNet(preset, channels)
+  model = TemplateUNet(preset, channels).to(DEVICE)
   n_params = sum(p.numel() for p in model.parameters())
   opt = torch.optim.Adam(model.parameters(), lr=2e-4)
   alpha_bars = cosine_alpha_bars()
@@ -159,20 +166,24 @@ def measure(preset="small", batch=128, size=28, channels=1, mode="eager", iters=
   if mode == "compile":
     net = torch.compile(model)
     step = make_train_step(net, opt, alpha_bars)
-  x = torch.rand(batch, channels, size, size) * 2 - 1
-  labels = torch.randint(0, 10, (batch,))
+  x = torch.rand(batch, channels, size, size, device=DEVICE) * 2 - 1
+  labels = torch.randint(0, 10, (batch,), device=DEVICE)
   t0 = time.perf_counter()
   step(x, labels)  # Warm-up (compiles under torch.compile).
+  _sync()
   warmup = time.perf_counter() - t0
   t0 = time.perf_counter()
   for _ in range(iters):
     step(x, labels)
+  _sync()
   train_ips = iters * batch / (time.perf_counter() - t0)
   net.eval()
-  sample_labels = torch.arange(sample_count) % 10
+  sample_labels = torch.arange(sample_count, device=DEVICE) % 10
   ddim_cfg(net, alpha_bars, sample_labels, (channels, size, size), steps=2)  # Warm-up.
+  _sync()
   t0 = time.perf_counter()
   ddim_cfg(net, alpha_bars, sample_labels, (channels, size, size))
+  _sync()
   sample_ips = sample_count / (time.perf_counter() - t0)
   return dict(preset=preset, batch=batch, shape=f"{size}x{size}x{channels}", mode=mode,
               params=n_params, train_ips=train_ips, warmup_s=warmup, sample_ips=sample_ips)
@@ -187,7 +198,7 @@ def main():
   p.add_argument("--iters", type=int, default=5)
   p.add_argument("--sample_count", type=int, default=20)
   args = p.parse_args()
-  print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+  print(f"torch {torch.__version__} on {DEVICE}, {torch.get_num_threads()} threads\n")
   print("| model | shape | mode | batch | params | train img/s | warm-up s | DDIM-50+CFG img/s |")
   print("|---|---|---|---|---|---|---|---|")
   for preset in args.presets.split(","):
