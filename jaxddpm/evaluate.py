@@ -100,7 +100,7 @@ def classifier_spec(config) -> classifier_lib.Spec:
 def make_evaluator(data_config, *, cache_dir: str | None = None, spec=None, k: int = 3,
                    quiet: bool = False) -> Evaluator:
   """Loads the real data and the dataset's classifier (training and caching it once)."""
-  splits = classifier_lib._train_test(data_config)
+  splits = classifier_lib.train_test_splits(data_config)
   apply, meta = classifier_lib.load_or_train(data_config, spec=spec, cache_dir=cache_dir,
                                              splits=splits, quiet=quiet)
   test_features, _ = apply(splits["test"].images)

@@ -96,7 +96,7 @@ def mnist_splits(real_data_dir):
   import ml_collections
   d = ml_collections.ConfigDict(dict(dataset="mnist", image_size=28, channels=1,
                                      dir=real_data_dir))
-  return d, classifier._train_test(d)
+  return d, classifier.train_test_splits(d)
 
 
 def test_classifier_training_is_deterministic_and_learns(mnist_splits):

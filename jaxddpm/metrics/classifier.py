@@ -232,7 +232,7 @@ def load_or_train(data_config, *, spec: Spec | None = None, cache_dir: str | Non
     return make_apply(model, params), dict(meta, path=folder)
 
   if splits is None:
-    splits = _train_test(data_config)
+    splits = train_test_splits(data_config)
   if not quiet:
     print(f"training the evaluator's {dataset} classifier (once; cached in {folder})",
           flush=True)
@@ -251,7 +251,7 @@ def load_or_train(data_config, *, spec: Spec | None = None, cache_dir: str | Non
   return apply, dict(meta, path=folder)
 
 
-def _train_test(data_config) -> dict:
+def train_test_splits(data_config) -> dict:
   """The full real train split (train + val of the diffusion run) and the test split."""
   train = data_lib.fit_size(data_lib.load_split(data_config, "train"), data_config.dataset,
                             data_config.image_size)
