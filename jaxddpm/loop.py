@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxddpm import checkpoint, data, diagnostics, evaluate, parallel, progress, sampling
+from jaxddpm import checkpoint, data, diagnostics, evaluate, parallel, progress, sampling, xla
 from jaxddpm import images as images_lib
 from jaxddpm.train import (check_diffusion_config, create_train_state, end_epoch,
                            init_params, lr_schedule, make_plateau, make_steps)
@@ -45,7 +45,7 @@ def make_chunk_fn(step_fn: Callable, batch_size: int, mesh=None) -> Callable:
       return state, jax.tree.map(lambda m: m[None], metrics)
     return jax.lax.scan(body, state, jnp.arange(k))
 
-  return jax.jit(chunk, static_argnums=(6,), donate_argnums=(0,))
+  return xla.jit(chunk, static_argnums=(6,), donate_argnums=(0,))
 
 
 def validation_loss(eval_fn, params, images, labels, batch_size: int, key: jax.Array,
@@ -120,7 +120,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_x, train_y, val_x, val_y = parallel.replicate(
       (splits["train"].images, splits["train"].labels, splits["val"].images,
        splits["val"].labels), mesh)
-  chunk_fn = make_chunk_fn(step_fn, B, mesh)  # The jitted step inlines into the scan.
+  chunk_fn = make_chunk_fn(step_fn, B, mesh)
   sampler = sampling.make_sampler(config, with_stats=True)
   grid_labels = _grid_labels(config, splits["val"])
   evaluator = _make_evaluator(config)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jaxddpm import diffusion, images, models, plots, progress, sampling
+from jaxddpm import diffusion, images, models, plots, progress, sampling, xla
 from jaxddpm import schedules as schedules_lib
 
 PICTURES = ("forward", "reverse", "guidance", "curves")
@@ -96,13 +96,13 @@ def guidance_sweep(config, params, labels, key: jax.Array,
   schedule = schedules_lib.from_config(config.diffusion)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
 
-  @jax.jit
+  @xla.jit
   def run(params, key, labels, scales):
-    denoise = lambda x, t, y, use: model.apply({"params": params}, x, t, y, use, train=False)
+    denoise, guided = sampling.make_denoisers(model, params)
     one = lambda s: sampling.sample_loop(
         denoise, schedule, key, labels, shape, sampler=opts["sampler"], steps=opts["steps"],
         eta=opts["eta"], guidance_scale=s, prediction=config.diffusion.prediction,
-        clip_x0=opts["clip_x0"], variance=opts["variance"])
+        clip_x0=opts["clip_x0"], variance=opts["variance"], guided_fn=guided)
     return jax.vmap(one)(scales)
 
   return np.asarray(run(params, key, labels, jnp.asarray(scales_np)))

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxddpm import diffusion, parallel
+from jaxddpm import diffusion, parallel, xla
 from jaxddpm import schedules as schedules_lib
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
@@ -26,16 +26,21 @@ VARIANCES = ("small", "large")
 DenoiseFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
-def guided_prediction(denoise_fn: DenoiseFn, x_t, t_B, labels, guidance_scale):
+def guided_prediction(denoise_fn: DenoiseFn, x_t, t_B, labels, guidance_scale,
+                      guided_fn=None):
   """CFG: uncond + s·(cond - uncond), from ONE batched denoiser call.
 
   A Python-number scale of exactly 1 (or 0) needs only the conditional (or
-  unconditional) half, so it costs one pass, not two.
+  unconditional) half, so it costs one pass, not two. `guided_fn(x_t, t, labels,
+  s)`, when given, computes the guided prediction itself (a model that shares
+  work between the halves, see `make_denoisers`).
   """
   B = x_t.shape[0]
   if isinstance(guidance_scale, (int, float)) and guidance_scale in (0, 1):
     use = jnp.full((B,), guidance_scale == 1)
     return denoise_fn(x_t, t_B, labels, use)
+  if guided_fn is not None:
+    return guided_fn(x_t, t_B, labels, guidance_scale)
   both = lambda a: jnp.concatenate([a, a], axis=0)
   use = jnp.concatenate([jnp.ones((B,), bool), jnp.zeros((B,), bool)])
   pred = denoise_fn(both(x_t), both(t_B), both(labels), use)
@@ -118,6 +123,7 @@ def sample_loop(
     return_trajectory: bool = False,
     return_stats: bool = False,
     batch_sharding=None,
+    guided_fn=None,
 ):
   """Runs the reverse process from x_T ~ N(0, I) as one `lax.scan` over steps.
 
@@ -140,6 +146,8 @@ def sample_loop(
     return_stats: also return the per-step statistics only (cheap).
     batch_sharding: a sharding for x_t's batch axis (data parallel sampling);
       the numbers drawn do not depend on it.
+    guided_fn: optional `guided_fn(x_t, t, labels, s)` -> the guided prediction in
+      one call (see `guided_prediction`); the same numbers up to rounding.
   Returns:
     Samples float32 [B, H, W, C]. With return_stats, (samples, info) where info
     holds "std", "max_abs" (of x_t) and "clip_fraction" (of x̂_0 outside [-1, 1])
@@ -174,7 +182,7 @@ def sample_loop(
     x_t, x0_last = carry  # x0_last: the previous step's x̂_0 (DPM-Solver++ history).
     t_B = jnp.full((B,), sched.timesteps[i])
     ab_B = jnp.full((B,), sched.alpha_bars[i])
-    pred = guided_prediction(denoise_fn, x_t, t_B, labels, guidance_scale)
+    pred = guided_prediction(denoise_fn, x_t, t_B, labels, guidance_scale, guided_fn)
     x0, eps = diffusion.to_x0_eps(pred.astype(jnp.float32), x_t, ab_B, prediction)
     clip_fraction = jnp.mean((jnp.abs(x0) > 1.0).astype(jnp.float32))
     if clip_x0:
@@ -200,6 +208,19 @@ def sample_loop(
     return samples
   info["timesteps"] = sched.timesteps[indices]
   return samples, info
+
+
+def make_denoisers(model, params) -> tuple[DenoiseFn, Callable | None]:
+  """(denoise_fn, guided_fn) for `sample_loop` from a jaxddpm model and its params;
+  guided_fn is None unless the model computes CFG itself (TemplateUNet: its encoder
+  does not see the label, so both halves share one encoder pass)."""
+  def denoise_fn(x_t, t, labels, use_labels):
+    return model.apply({"params": params}, x_t, t, labels, use_labels, train=False)
+
+  def guided_fn(x_t, t, labels, scale):
+    return model.apply({"params": params}, x_t, t, labels, train=False, guidance_scale=scale)
+
+  return denoise_fn, (guided_fn if getattr(model, "shares_guidance_encoder", False) else None)
 
 
 def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = False,
@@ -233,21 +254,20 @@ def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = Fa
                 guidance_scale=opts["guidance_scale"],
                 prediction=config.diffusion.prediction, variance=opts["variance"])
 
-  def denoise_fn(params, x_t, t, labels, use_labels):
-    return model.apply({"params": params}, x_t, t, labels, use_labels, train=False)
-
   mesh = parallel.make_mesh()
   n_devices = mesh.devices.size
 
-  @functools.partial(jax.jit, static_argnums=(3,))
+  @functools.partial(xla.jit, static_argnums=(3,))
   def _sample(params, key, labels, sharded):
+    denoise_fn, guided_fn = make_denoisers(model, params)
     return sample_loop(
-        functools.partial(denoise_fn, params), schedule, key, labels, shape,
+        denoise_fn, schedule, key, labels, shape,
         sampler=opts["sampler"], steps=opts["steps"], eta=opts["eta"],
         guidance_scale=opts["guidance_scale"], prediction=config.diffusion.prediction,
         clip_x0=opts["clip_x0"], variance=opts["variance"], return_stats=with_stats,
         return_trajectory=with_trajectory,
-        batch_sharding=parallel.batch_sharding(mesh) if sharded else None)
+        batch_sharding=parallel.batch_sharding(mesh) if sharded else None,
+        guided_fn=guided_fn)
 
   def sample(params, key, labels):
     labels = check_labels(labels, num_classes)

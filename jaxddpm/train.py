@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxddpm import diffusion, models
+from jaxddpm import diffusion, models, xla
 from jaxddpm import schedules as schedules_lib
 
 OPTIMIZERS = ("adam", "adamw")
@@ -178,7 +178,7 @@ def make_steps(config) -> tuple[Any, schedules_lib.Schedule, optax.GradientTrans
   schedule = schedules_lib.from_config(config.diffusion)
   tx = make_optimizer(config.optim)
   common = dict(model=model, schedule=schedule, diffusion_config=config.diffusion)
-  step = jax.jit(functools.partial(train_step, tx=tx, ema_decay=config.optim.ema_decay,
+  step = xla.jit(functools.partial(train_step, tx=tx, ema_decay=config.optim.ema_decay,
                                    **common), donate_argnums=(0,))
-  evaluate = jax.jit(functools.partial(eval_step, **common))
+  evaluate = xla.jit(functools.partial(eval_step, **common))
   return model, schedule, tx, step, evaluate

@@ -105,6 +105,61 @@ def test_bfloat16_tracks_float32(kind):
   assert rel < 0.05, rel  # bf16 has 8 mantissa bits: ~0.4% per op, a few % end to end.
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_conv_transpose_2x2_equals_flax(dtype):
+  """The dense + depth-to-space ConvTranspose is flax's layer: same parameter tree,
+  same initial values from the same key, same outputs and gradients."""
+  import flax.linen as nn
+  from jaxddpm.models.template_unet import ConvTranspose2x2
+  x = jax.random.normal(jax.random.key(0), (3, 5, 4, 6))
+  ours, flax_ct = ConvTranspose2x2(7, dtype), nn.ConvTranspose(
+      7, (2, 2), strides=(2, 2), padding="VALID", dtype=dtype)
+  p = ours.init(jax.random.key(1), x)
+  want = flax_ct.init(jax.random.key(1), x)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), p, want))
+  p = jax.tree.map(lambda v: v + jax.random.normal(jax.random.key(2), v.shape), p)
+  out, ref = ours.apply(p, x), flax_ct.apply(p, x)
+  assert out.shape == ref.shape == (3, 10, 8, 7) and out.dtype == ref.dtype == dtype
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32),
+                             rtol=tol, atol=tol)
+  loss = lambda m: lambda p, x: jnp.sum(m.apply(p, x).astype(jnp.float32) ** 2)
+  if dtype == jnp.float32:
+    for g, h in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(p, x)),
+                    jax.tree.leaves(jax.grad(loss(flax_ct), argnums=(0, 1))(p, x))):
+      np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-4)
+
+
+def test_template_gelu_is_the_exact_gelu():
+  from jaxddpm.models.template_unet import _gelu
+  x = jnp.linspace(-8.0, 8.0, 1001)
+  np.testing.assert_allclose(_gelu(x), jax.nn.gelu(x, approximate=False), atol=2e-6)
+  np.testing.assert_allclose(jax.vmap(jax.grad(_gelu))(x),
+                             jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x),
+                             atol=2e-6)
+
+
+@pytest.mark.parametrize("labels", ["classes", "attributes"])
+def test_template_guided_call_equals_two_passes(labels):
+  """guidance_scale=s shares the label-free encoder between the CFG halves and must
+  equal uncond + s * (cond - uncond) from two ordinary calls."""
+  model = TemplateUNet(down_chs=(8, 16, 32), t_embed_dim=8, num_classes=5)
+  x, t, _, use = _inputs(3, 12, 12, 2)
+  y = (jnp.array([0, 4, 2]) if labels == "classes"
+       else jax.random.bernoulli(jax.random.key(5), 0.5, (3, 5)).astype(jnp.float32))
+  params = _random_params(model, x, t, y, use)
+  apply = jax.jit(model.apply, static_argnames="train")
+  for s in (0.0, 1.0, 2.5, 7.0):
+    guided = jax.jit(lambda p, x, t, y, s: model.apply(p, x, t, y, guidance_scale=s))(
+        params, x, t, y, s)
+    cond, uncond = apply(params, x, t, y, use), apply(params, x, t, y, ~use)
+    np.testing.assert_allclose(guided, uncond + s * (cond - uncond), rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="not both or neither"):
+    model.apply(params, x, t, y, use, guidance_scale=2.0)
+  with pytest.raises(ValueError, match="not both or neither"):
+    model.apply(params, x, t, y)
+
+
 def test_bad_inputs_and_configs(tiny_config):
   model = UNet(attention_resolutions=(14,), **TINY_UNET)
   x, t, labels, use = _inputs(2, 28, 28, 1)

@@ -34,5 +34,8 @@ def test_four_devices_match_one(smoke_config, real_data_dir, tmp_path):
   loop.train_and_evaluate(smoke_config, str(tmp_path / "one"))
   _, one = checkpoint.load_checkpoint(str(tmp_path / "one"), which="latest")
   _, four = checkpoint.load_checkpoint(str(tmp_path / "smoke4"), which="latest")
+  # Adam scales every update to ~lr (1e-3 here) whatever the gradient's size, so
+  # float summation order (4 shards vs 1) in a near-zero gradient shows at that
+  # scale: 4 steps that may each move a parameter by 1e-3 agree to 1% of that.
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four), strict=True):
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(a, b, atol=4e-5)

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from jaxddpm import data as data_lib
+from jaxddpm import xla
 
 VERSION = 1  # Bump when training or architecture changes in a way specs do not show.
 CACHE_ENV_VAR = "JAXDDPM_CACHE_DIR"
@@ -142,7 +143,7 @@ def train(train_split: data_lib.Split, spec: Spec, *, quiet: bool = True):
   tx = optax.adam(optax.cosine_decay_schedule(spec.lr, total))
   opt_state = tx.init(params)
 
-  @jax.jit
+  @xla.jit
   def step(params, opt_state, images, labels, key):
     k_aug, k_drop = jax.random.split(key)
     images = _augment(images, k_aug, spec)
@@ -171,7 +172,7 @@ def train(train_split: data_lib.Split, spec: Spec, *, quiet: bool = True):
 def make_apply(model: Classifier, params, batch_size: int = 1000):
   """`apply(images_uint8) -> (features float64 [N, D], logits float32 [N, K])`, in
   fixed-size batches (one compilation; the last batch padded)."""
-  fn = jax.jit(lambda x: model.apply({"params": params}, x))
+  fn = xla.jit(lambda x: model.apply({"params": params}, x))
 
   def apply(images):
     images = np.asarray(images)

@@ -1,0 +1,56 @@
+"""`jit` with jaxddpm's XLA:CPU compiler options.
+
+Why: jaxlib 0.10 hands convolutions on the CPU to YNNPACK by default. On this
+project's 2-core x86 machines YNNPACK's convolutions, above all the filter
+gradients of 3x3 convs at 28x28, are 1.5-2.6x slower than XLA's Eigen
+convolutions (bench/throughput.py: TemplateUNet small trains at ~70 images/s with
+YNNPACK convs, ~96 without; docs/RESULTS.md). We therefore compile our programs
+with YNNPACK limited to plain dots. The options go to each compile, not to the
+process, so a user's own programs are untouched; a user who sets
+`xla_cpu_experimental_ynn_fusion_type` in XLA_FLAGS keeps their choice, and
+JAXDDPM_XLA_DEFAULTS=1 turns ours off. Other backends get no options.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+
+# Repeated-enum debug options take the enum's full name per compile.
+CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def compiler_options() -> dict[str, Any] | None:
+  """The options jaxddpm compiles with on the current default backend, or None."""
+  if jax.default_backend() != "cpu" or os.environ.get("JAXDDPM_XLA_DEFAULTS") == "1":
+    return None
+  user = os.environ.get("XLA_FLAGS", "")
+  options = {k: v for k, v in CPU_OPTIONS.items() if k not in user}
+  return options or None
+
+
+class _Jitted:
+  """A jitted function that carries the options when it is the outermost jit and
+  inlines like any jitted function inside another one (where JAX refuses
+  compiler options): user code may wrap jaxddpm's steps in its own jit."""
+
+  def __init__(self, fun: Callable, **kwargs):
+    self._top = jax.jit(fun, compiler_options=compiler_options(), **kwargs)
+    self._nested = jax.jit(fun, **kwargs)
+    functools.update_wrapper(self, fun)  # Sets __wrapped__ = fun, __name__, __doc__.
+
+  def __call__(self, *args, **kwargs):
+    traced = any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves((args, kwargs)))
+    return (self._nested if traced else self._top)(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    return self._top.lower(*args, **kwargs)
+
+
+def jit(fun: Callable, **kwargs) -> Callable:
+  """`jax.jit(fun, **kwargs)` compiled with `compiler_options()` when called at top
+  level; `.lower(...)` as jax.jit's. Usable as a decorator."""
+  return _Jitted(fun, **kwargs)

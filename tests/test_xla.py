@@ -1,0 +1,47 @@
+"""jaxddpm.xla: the CPU compiler options, and that a user's XLA_FLAGS win."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxddpm import xla
+
+CONV = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def test_options_on_cpu_and_opt_outs(monkeypatch):
+  monkeypatch.delenv("JAXDDPM_XLA_DEFAULTS", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert jax.default_backend() == "cpu"
+  assert xla.compiler_options() == xla.CPU_OPTIONS
+  monkeypatch.setenv("JAXDDPM_XLA_DEFAULTS", "1")
+  assert xla.compiler_options() is None
+  monkeypatch.delenv("JAXDDPM_XLA_DEFAULTS")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
+  assert xla.compiler_options() is None  # The user's own choice is left alone.
+
+
+def test_jit_compiles_convolutions_without_ynnpack(monkeypatch):
+  """The option reaches the compiler (the convolution is not a YNNPACK fusion)
+  and does not change the numbers beyond rounding."""
+  monkeypatch.delenv("JAXDDPM_XLA_DEFAULTS", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+  ours = xla.jit(CONV)
+  assert "__ynn_fusion" not in ours.lower(x, w).compile().as_text()
+  np.testing.assert_allclose(ours(x, w), jax.jit(CONV)(x, w), rtol=1e-5, atol=1e-5)
+  # Options may only sit on the outermost jit; a plain inner function is fine.
+  outer = xla.jit(lambda x, w: jnp.sum(CONV(x, w)))
+  np.testing.assert_allclose(outer(x, w), jnp.sum(jax.jit(CONV)(x, w)), rtol=1e-5)
+
+
+def test_jitted_function_nests_inside_a_user_jit():
+  """JAX refuses compiler options on a nested jit; ours must still compose."""
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+  step = xla.jit(lambda x: CONV(x, w) * 2.0)
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+  np.testing.assert_allclose(jax.jit(lambda x: step(x) + 1.0)(x), step(x) + 1.0, rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(step(x)))(x).shape, x.shape)
+  assert step.lower(x).compile() is not None
