@@ -120,7 +120,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_x, train_y, val_x, val_y = parallel.replicate(
       (splits["train"].images, splits["train"].labels, splits["val"].images,
        splits["val"].labels), mesh)
-  chunk_fn = make_chunk_fn(step_fn, B, mesh)
+  chunk_fn = make_chunk_fn(step_fn, B, mesh)  # The jitted step inlines into the scan.
   sampler = sampling.make_sampler(config, with_stats=True)
   grid_labels = _grid_labels(config, splits["val"])
   evaluator = _make_evaluator(config)
