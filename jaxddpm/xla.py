@@ -8,7 +8,8 @@ YNNPACK convs, ~96 without; docs/RESULTS.md). We therefore compile our programs
 with YNNPACK limited to plain dots. The options go to each compile, not to the
 process, so a user's own programs are untouched; a user who sets
 `xla_cpu_experimental_ynn_fusion_type` in XLA_FLAGS keeps their choice, and
-JAXDDPM_XLA_DEFAULTS=1 turns ours off. Other backends get no options.
+JAXDDPM_XLA_DEFAULTS=1 turns ours off. Other backends get no options, nor an XLA
+that does not know them (older jaxlib).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
 # Repeated-enum debug options take the enum's full name per compile.
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
@@ -29,7 +31,19 @@ def compiler_options() -> dict[str, Any] | None:
     return None
   user = os.environ.get("XLA_FLAGS", "")
   options = {k: v for k, v in CPU_OPTIONS.items() if k not in user}
-  return options or None
+  return options if options and _accepted(tuple(sorted(options.items()))) else None
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted(options: tuple) -> bool:
+  """Whether this jaxlib's XLA knows the options (pyproject allows jax >= 0.4.35,
+  whose XLA has no YNNPACK and would refuse them): one tiny compile, once."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(
+        np.float32(0)).compile()
+    return True
+  except Exception:  # noqa: BLE001 -- XLA reports an unknown option in several ways.
+    return False
 
 
 class _Jitted:

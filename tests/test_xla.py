@@ -20,6 +20,9 @@ def test_options_on_cpu_and_opt_outs(monkeypatch):
   monkeypatch.delenv("JAXDDPM_XLA_DEFAULTS")
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
   assert xla.compiler_options() is None  # The user's own choice is left alone.
+  # An XLA that does not know an option (older jaxlib) gets none rather than an error.
+  assert not xla._accepted((("xla_cpu_no_such_option", True),))
+  assert xla._accepted(tuple(xla.CPU_OPTIONS.items()))
 
 
 def test_jit_compiles_convolutions_without_ynnpack(monkeypatch):
