@@ -10,8 +10,10 @@ def apply(config, arg):
     raise ValueError(f"unknown config variant {arg!r}; choose one of {VARIANTS[1:]} "
                      "(or none for the full GPU run).")
   if arg == "cpu":
-    # Budget: ~15 min on 2 cores at ~85 images/s with this ~1.1 GFLOP/image model
-    # (measured): 1,200 steps of 64 images, about 1.4 epochs of MNIST.
+    # Budget: ~15 min on 2 cores at the ~85 images/s this ~1.1 GFLOP/image model
+    # trained at when it was set (measured): 1,200 steps of 64 images, about 1.4
+    # epochs of MNIST. Since the XLA:CPU work it trains at ~110 images/s
+    # (docs/RESULTS.md), so the same run now takes ~12 minutes.
     config.model.update(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                         attention_resolutions=(config.data.image_size // 4,), dropout=0.0)
     config.train.update(batch_size=64, num_epochs=0, num_steps=1200, log_every_steps=50,
@@ -19,8 +21,9 @@ def apply(config, arg):
                         steps_per_dispatch=1)
     config.optim.update(lr=1e-3, warmup_steps=100, ema_decay=0.999)
     config.data.val_fraction = 0.05
-    # Evaluation costs ~0.3 s per DDIM-50+CFG sample here: not inside the 15-minute
-    # budget. `--mode=evaluate` (1,000 samples, ~5 min) or bench/quality.py after.
+    # Evaluation costs ~0.2 s per DDIM-50+CFG sample here (this UNet conditions every
+    # block, so CFG is a 2B pass): not inside the budget. `--mode=evaluate`
+    # (1,000 samples, ~3-4 min) or bench/quality.py after.
     config.eval.update(every_epochs=0, num_samples=1000)
   elif arg == "smoke":
     config.model.update(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
