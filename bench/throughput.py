@@ -28,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import base  # noqa: E402
-from jaxddpm import parallel, sampling, train  # noqa: E402
+from jaxddpm import loop, parallel, sampling, train  # noqa: E402
 
 MODELS = {
     "template-small": dict(name="template", template_preset="small"),
@@ -68,7 +68,7 @@ def matmul_peak(dtype: str, n: int = 4096, iters: int = 5) -> float:
   return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
 
 
-def bench_train(c, batch: int, iters: int, sharded: bool = False) -> dict:
+def bench_train(c, batch: int, iters: int, sharded: bool = False, k: int = 1) -> dict:
   model, _, tx, step, _ = train.make_steps(c)
   params = train.init_params(model, c, jax.random.key(0))
   state = train.create_train_state(params, tx)
@@ -90,8 +90,33 @@ def bench_train(c, batch: int, iters: int, sharded: bool = False) -> dict:
   jax.block_until_ready(m)
   dt = (time.perf_counter() - t0) / iters
   flops = _flops(compiled) * (jax.device_count() if sharded else 1)  # XLA counts per device.
-  return dict(img_s=batch / dt, compile_s=compile_s, gflop_img=flops / batch / 1e9,
-              tflops=flops / dt / 1e12, params=state.ema_params)
+  out = dict(img_s=batch / dt, compile_s=compile_s, gflop_img=flops / batch / 1e9,
+             tflops=flops / dt / 1e12, params=state.ema_params)
+  if k > 1:
+    # The chunk donates the state: the params for sampling come from its result.
+    out["chunk_img_s"], out["params"] = _bench_chunk(
+        step, state, data, key, batch, iters, k, parallel.make_mesh() if sharded else None)
+  return out
+
+
+def _bench_chunk(step, state, data, key, batch: int, iters: int, k: int, mesh):
+  """Images/s of k steps per dispatch, as the training loop runs them
+  (`loop.make_chunk_fn`: one lax.scan gathering each batch from device memory)."""
+  chunk = loop.make_chunk_fn(step, batch, mesh)
+  images = jnp.tile(data["image"], (k, 1, 1, 1))
+  labels = jnp.tile(data["label"], (k,))
+  perm = jnp.arange(k * batch, dtype=jnp.int32)
+  if mesh is not None:
+    images, labels, perm = parallel.replicate((images, labels, perm), mesh)
+  compiled = chunk.lower(state, images, labels, perm, 0, key, k).compile()
+  state, m = compiled(state, images, labels, perm, 0, key)
+  jax.block_until_ready(m)
+  calls = max(1, iters // k)
+  t0 = time.perf_counter()
+  for _ in range(calls):
+    state, m = compiled(state, images, labels, perm, 0, key)
+  jax.block_until_ready(m)
+  return calls * k * batch / (time.perf_counter() - t0), state.ema_params
 
 
 def bench_sample(c, params, count: int, steps: int, guidance: float,
@@ -121,6 +146,8 @@ def main():
                  "steps with CFG on this many images (0 skips; slow on a CPU)")
   p.add_argument("--sharded", action="store_true", help="shard the batch over all devices "
                  "(e.g. XLA_FLAGS=--xla_force_host_platform_device_count=4)")
+  p.add_argument("--steps_per_dispatch", type=int, default=1, help="also time K train "
+                 "steps per compiled call, as the training loop's lax.scan runs them")
   p.add_argument("--peak", action="store_true", help="measure matmul peak; print MFU")
   p.add_argument("--torch", default="", help="also time PyTorch (bench/torch_baseline.py) for "
                  "template-* models in these modes, e.g. eager,compile; prints ratios")
@@ -135,10 +162,12 @@ def main():
   if a.sharded:
     print(f"batch sharded over {jax.device_count()} devices")
   ddpm = f" DDPM-T+CFG img/s ({a.ddpm_count}) |" if a.ddpm_count else ""
+  K = a.steps_per_dispatch
+  chunked = f" train img/s, {K} steps per dispatch |" if K > 1 else ""
   print("| model | shape | dtype | batch | train img/s | GFLOP/img | TFLOP/s | compile s "
-        f"| DDIM-{a.sample_steps}+CFG img/s ({a.sample_count}) |" + ddpm
+        f"|{chunked} DDIM-{a.sample_steps}+CFG img/s ({a.sample_count}) |" + ddpm
         + (" of matmul peak |" if peaks else ""))
-  print("| --- " * (9 + bool(ddpm) + bool(peaks)) + "|")
+  print("| --- " * (9 + bool(chunked) + bool(ddpm) + bool(peaks)) + "|")
   nan = {"sample_img_s": float("nan")}
   for model in a.models.split(","):
     for shape in a.shapes.split(","):
@@ -146,7 +175,7 @@ def main():
       for dtype in a.dtypes.split(","):
         for i, batch in enumerate(int(b) for b in a.batches.split(",")):
           c = _config(model, dtype, size, ch)
-          r = bench_train(c, batch, a.iters, a.sharded)
+          r = bench_train(c, batch, a.iters, a.sharded, K)
           # Sampling does not depend on the training batch: timed with the first.
           first = i == 0
           s = (bench_sample(c, r["params"], a.sample_count, a.sample_steps, a.guidance)
@@ -155,30 +184,36 @@ def main():
                             a.guidance, "ddpm") if a.ddpm_count and first else nan)
           print(f"| {model} | {size}x{size}x{ch} | {dtype} | {batch} | {r['img_s']:.0f} | "
                 f"{r['gflop_img']:.2f} | {r['tflops']:.3f} | {r['compile_s']:.1f} | "
-                f"{_num(s['sample_img_s'])} |"
+                + (f"{r['chunk_img_s']:.0f} | " if chunked else "")
+                + f"{_num(s['sample_img_s'])} |"
                 + (f" {_num(d['sample_img_s'])} |" if ddpm else "")
                 + (f" {r['tflops'] / peaks[dtype]:.0%} |" if peaks else ""), flush=True)
           if a.torch and model.startswith("template-") and dtype == "float32":
-            _torch_rows(model.split("-", 1)[1], batch, size, ch, a, r, s if first else None)
+            _torch_rows(model.split("-", 1)[1], batch, size, ch, a, r, s if first else None,
+                        chunked=bool(chunked))
 
 
 def _num(v: float) -> str:
   return "" if v != v else f"{v:.2f}" if v < 10 else f"{v:.1f}"
 
 
-def _torch_rows(preset, batch, size, ch, a, jax_train, jax_sample):
+def _torch_rows(preset, batch, size, ch, a, jax_train, jax_sample, chunked=False):
   """The same model, step and sampler in PyTorch, and jaxddpm / PyTorch ratios."""
+  skip = " |" if chunked else ""  # PyTorch has no K-steps column.
   import torch_baseline  # bench/ is on sys.path when this script runs.
   for mode in a.torch.split(","):
     t = torch_baseline.measure(preset, batch, size, ch, mode, a.iters, a.sample_count or 20)
     print(f"| torch {mode} template-{preset} | {size}x{size}x{ch} | float32 | {batch} | "
-          f"{t['train_ips']:.0f} | | | {t['warmup_s']:.1f} | {t['sample_ips']:.1f} |")
-    print(f"| torch {mode}, CFG as a 2B pass | | | | | | | | {t['sample_2pass_ips']:.1f} |")
-    ratio = "" if jax_sample is None else (
+          f"{t['train_ips']:.0f} | | | {t['warmup_s']:.1f} |{skip} {t['sample_ips']:.1f} |")
+    print(f"| torch {mode}, CFG as a 2B pass | | | | | | | |{skip} "
+          f"{t['sample_2pass_ips']:.1f} |")
+    sampled = jax_sample is not None and jax_sample["sample_img_s"] == jax_sample["sample_img_s"]
+    ratio = "" if not sampled else (
         f"**{jax_sample['sample_img_s'] / t['sample_ips']:.2f}x** "
         f"(vs 2B pass: {jax_sample['sample_img_s'] / t['sample_2pass_ips']:.2f}x)")
+    k_ratio = (f" **{jax_train['chunk_img_s'] / t['train_ips']:.2f}x** |" if chunked else "")
     print(f"| **jaxddpm / torch {mode}** | | | | **{jax_train['img_s'] / t['train_ips']:.2f}x** "
-          f"| | | | {ratio} |", flush=True)
+          f"| | | |{k_ratio} {ratio} |", flush=True)
 
 
 if __name__ == "__main__":

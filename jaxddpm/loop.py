@@ -38,9 +38,7 @@ def make_chunk_fn(step_fn: Callable, batch_size: int, mesh=None) -> Callable:
         batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharding(mesh))
       return step_fn(state, batch, key)
     if k == 1:
-      # No loop for one step: XLA:CPU runs a train step inside a while loop ~6x
-      # slower than outside it (measured; loop-carried conv weights), so the CPU
-      # configs dispatch one step at a time.
+      # No while loop for a single step (the chunk at an epoch end can be one).
       state, metrics = body(state, 0)
       return state, jax.tree.map(lambda m: m[None], metrics)
     return jax.lax.scan(body, state, jnp.arange(k))

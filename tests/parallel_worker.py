@@ -3,6 +3,7 @@ be set before jax is imported). Prints one JSON line of measurements."""
 
 import json
 import os
+import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,6 +52,11 @@ def main(workdir):
   out["step_loss_diff"] = abs(float(m1["loss"]) - float(m2["loss"]))
   out["step_param_diff"] = max_diff(single.params, multi.params)
   out["params_replicated"] = bool(jax.tree.leaves(multi.params)[0].sharding.is_fully_replicated)
+  # What crosses devices (or leaves them) in one compiled step.
+  hlo = step.lower(parallel.replicate(fresh(), mesh), sharded_batch, key).compile().as_text()
+  out["step_collectives"] = re.findall(
+      r" (all-reduce|all-gather|all-to-all|reduce-scatter|collective-permute|send|recv|"
+      r"custom-call|infeed|outfeed)(?:-start)?\(", hlo)
 
   # The loop's chunk (batch gathered on device, then sharded) against no mesh.
   images = jnp.asarray(rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8))

@@ -160,3 +160,47 @@ def test_batch_not_divisible_by_device_count_is_a_clear_error(smoke_config, tmp_
   with pytest.raises(ValueError, match="batch_size=32 is not divisible by the 3 devices"):
     loop.train_and_evaluate(smoke_config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()  # Refused before touching the workdir.
+
+
+def test_k_steps_per_dispatch_equal_k_single_steps(tiny_config):
+  """A chunk of 3 steps in one lax.scan, each gathering its batch by the epoch
+  permutation, is the same training as the 3 steps dispatched one by one."""
+  model, _, tx, step, _ = train.make_steps(tiny_config)
+  params = train.init_params(model, tiny_config, jax.random.key(0))
+  fresh = lambda: train.create_train_state(jax.tree.map(jnp.copy, params), tx)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8))
+  labels = jnp.arange(20, dtype=jnp.int32) % 4
+  perm = jax.random.permutation(jax.random.key(1), 20)
+  key = jax.random.key(2)
+  chunked, metrics = loop.make_chunk_fn(step, 4)(fresh(), images, labels, perm, 1, key, 3)
+  state, losses = fresh(), []
+  for i in range(1, 4):  # Offset 1: the chunk starts at the epoch's second batch.
+    idx = perm[i * 4:(i + 1) * 4]
+    state, m = step(state, {"image": images[idx], "label": labels[idx]}, key)
+    losses.append(float(m["loss"]))
+  assert int(chunked.step) == int(state.step) == 3
+  np.testing.assert_allclose(np.asarray(metrics["loss"]), losses, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(chunked.params), jax.tree.leaves(state.params), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_chunks_stop_at_multiples_of_k_epoch_ends_and_the_end():
+  steps_per_epoch, total, K = 890, 1200, 8
+  step, lengths = 0, []
+  while step < total:
+    k = loop._chunk_length(step, steps_per_epoch, total, K)
+    assert 1 <= k <= K
+    lengths.append(k)
+    step += k
+  assert step == total
+  ends = set(np.cumsum(lengths).tolist())
+  assert steps_per_epoch in ends  # The epoch end (validation, checkpoint) is a chunk end.
+  # Within an epoch, chunks end at multiples of K (or at the epoch's or run's end).
+  assert all((e % steps_per_epoch) % K == 0 or e == total for e in ends)
+  # A run resumed at any chunk end splits the rest as the uninterrupted run did.
+  resumed, step = [], lengths[0] + lengths[1]
+  while step < total:
+    resumed.append(loop._chunk_length(step, steps_per_epoch, total, K))
+    step += resumed[-1]
+  assert resumed == lengths[2:]

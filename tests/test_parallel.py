@@ -25,6 +25,9 @@ def test_four_devices_match_one(smoke_config, real_data_dir, tmp_path):
   assert out["batch_shards"] == 4 and out["shard_shape"] == [2, 8, 8, 1]
   assert out["step_loss_diff"] < 1e-5 and out["step_param_diff"] < 1e-5
   assert out["params_replicated"]
+  # No hidden round trips: the gradients (and metrics) of all parameters cross the
+  # devices in one combined all-reduce per step, and nothing goes to the host.
+  assert out["step_collectives"] == ["all-reduce"], out["step_collectives"]
   assert out["chunk_param_diff"] < 1e-5
   assert out["sample_sharded"] and out["sample_diff"] < 1e-5
   assert "batch_size=30 is not divisible by the 4 devices" in out["indivisible_error"]

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxddpm.models import layers
+from jaxddpm.models import conv, layers
 
 PRESETS = {
     "small": dict(down_chs=(32, 64, 128), t_embed_dim=8),
@@ -39,7 +39,7 @@ class GELUConvBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.out, (3, 3), padding=1, dtype=self.dtype)(x)
+    x = conv.Conv(self.out, (3, 3), padding=1, dtype=self.dtype)(x)
     x = nn.GroupNorm(num_groups=min(self.groups, self.out), epsilon=1e-5, dtype=self.dtype)(x)
     return _gelu(x)
 
@@ -188,11 +188,11 @@ class TemplateUNet(nn.Module):
 
     h = UpBlock(c1, 32, self.dtype, name="up1")(c1e * mid + t1, skip2)
     h = UpBlock(c0, 8, self.dtype, name="up2")(c2e * h + t2, skip1)
-    h = nn.Conv(c0, (3, 3), padding=1, dtype=self.dtype, name="out_conv")(
+    h = conv.Conv(c0, (3, 3), padding=1, dtype=self.dtype, name="out_conv")(
         jnp.concatenate([h, down0], axis=-1))
     h = nn.relu(nn.GroupNorm(num_groups=min(8, c0), epsilon=1e-5, dtype=self.dtype,
                              name="out_norm")(h))
-    out = nn.Conv(C, (3, 3), padding=1, dtype=self.dtype, name="out")(h).astype(jnp.float32)
+    out = conv.Conv(C, (3, 3), padding=1, dtype=self.dtype, name="out")(h).astype(jnp.float32)
     if guidance_scale is None:
       return out
     cond_out, uncond_out = out[:B], out[B:]

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxddpm.models import layers
+from jaxddpm.models import conv, layers
 
 zeros = nn.initializers.zeros
 
@@ -36,14 +36,14 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x, emb_BD, train: bool):
     h = nn.silu(_norm(self.dtype)(x.shape[-1])(x))
-    h = nn.Conv(self.out, (3, 3), padding=1, dtype=self.dtype)(h)
+    h = conv.Conv(self.out, (3, 3), padding=1, dtype=self.dtype)(h)
     scale_shift = nn.Dense(2 * self.out, dtype=self.dtype)(nn.silu(emb_BD))
     scale, shift = jnp.split(scale_shift[:, None, None, :], 2, axis=-1)
     h = _norm(self.dtype)(self.out)(h) * (1 + scale) + shift
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
-    h = nn.Conv(self.out, (3, 3), padding=1, dtype=self.dtype, kernel_init=zeros)(h)
+    h = conv.Conv(self.out, (3, 3), padding=1, dtype=self.dtype, kernel_init=zeros)(h)
     if x.shape[-1] != self.out:
-      x = nn.Conv(self.out, (1, 1), dtype=self.dtype, name="skip")(x)
+      x = conv.Conv(self.out, (1, 1), dtype=self.dtype, name="skip")(x)
     return x + h
 
 
@@ -118,7 +118,7 @@ class UNet(nn.Module):
     cond = layers.condition_vector(labels, use_labels_B, self.num_classes)
     emb_BD = t_emb + nn.Dense(emb_dim, dtype=self.dtype, name="class_emb")(cond)
 
-    h = nn.Conv(self.base_channels, (3, 3), padding=1, dtype=self.dtype, name="conv_in")(
+    h = conv.Conv(self.base_channels, (3, 3), padding=1, dtype=self.dtype, name="conv_in")(
         x_BHWC.astype(self.dtype))
     skips = [h]
     for level, mult in enumerate(self.channel_mults):
@@ -129,7 +129,7 @@ class UNet(nn.Module):
           h = AttentionBlock(self.num_heads, self.dtype, name=f"down_{level}_attn_{i}")(h)
         skips.append(h)
       if level < len(self.channel_mults) - 1:
-        h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), padding=1, dtype=self.dtype,
+        h = conv.Conv(h.shape[-1], (3, 3), strides=(2, 2), padding=1, dtype=self.dtype,
                     name=f"down_{level}_pool")(h)
         skips.append(h)
 
@@ -147,8 +147,8 @@ class UNet(nn.Module):
       if level > 0:
         b, hh, ww, c = h.shape
         h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
-        h = nn.Conv(c, (3, 3), padding=1, dtype=self.dtype, name=f"up_{level}_upsample")(h)
+        h = conv.Conv(c, (3, 3), padding=1, dtype=self.dtype, name=f"up_{level}_upsample")(h)
 
     h = nn.silu(_norm(self.dtype, "norm_out")(h.shape[-1])(h))
-    out = nn.Conv(C, (3, 3), padding=1, dtype=self.dtype, kernel_init=zeros, name="conv_out")(h)
+    out = conv.Conv(C, (3, 3), padding=1, dtype=self.dtype, kernel_init=zeros, name="conv_out")(h)
     return out.astype(jnp.float32)
