@@ -12,8 +12,8 @@ def apply(config, arg):
   if arg == "cpu":
     # Budget: ~15 min on 2 cores at the ~85 images/s this ~1.1 GFLOP/image model
     # trained at when it was set (measured): 1,200 steps of 64 images, about 1.4
-    # epochs of MNIST. Since the XLA:CPU work it trains at ~110 images/s
-    # (docs/RESULTS.md), so the same run now takes ~12 minutes.
+    # epochs of MNIST. Since the XLA:CPU work and 10 steps per dispatch it trains
+    # at ~145 images/s: the same run took 9:41 (docs/RESULTS.md).
     config.model.update(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                         attention_resolutions=(config.data.image_size // 4,), dropout=0.0)
     # 10 steps per dispatch: 119 -> 154 images/s for this model here (measured,

@@ -8,8 +8,8 @@ the batch as the contracted feature), so inside a `lax.scan` of train steps they
 fell back to XLA's naive loop: a train step in a scan ran ~6x slower than the
 same step dispatched alone. Here both gradients are written as canonical
 convolutions with explicit transposes, which is what that pass would have done
-at top level, so they take the fast path anywhere. GPU/TPU compilers pick their
-own layouts and are indifferent to the form.
+at top level, so they take the fast path anywhere. Only programs lowered for the
+CPU use it: GPU/TPU compilers pick their own layouts and get lax's convolution.
 """
 
 from __future__ import annotations
@@ -90,7 +90,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return _conv(lhs, rhs, tuple(int(s) for s in window_strides), pads, precision)
+  strides = tuple(int(s) for s in window_strides)
+  # Chosen when the program is lowered for its platform: other compilers get lax's
+  # convolution exactly as before (their layouts are their own business).
+  return lax.platform_dependent(
+      lhs, rhs, cpu=lambda x, w: _conv(x, w, strides, pads, precision),
+      default=lambda x, w: lax.conv_general_dilated(x, w, strides, pads,
+                                                    dimension_numbers=_NHWC, precision=precision))
 
 
 # flax's Conv (same parameters, names and initialisers) computing through the above.
