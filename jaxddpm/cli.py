@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -17,7 +18,10 @@ def train(config, workdir: str, *, quiet: bool = False) -> dict:
       config.train.quiet = True
   summary = loop.train_and_evaluate(config, workdir)
   how = "stopped early" if summary["stopped_early"] else "done"
-  print(f"{how} at step {summary['step']} (best val loss {summary['best_val_loss']:.4f}); "
+  best = summary["best_val_loss"]
+  # No epoch end reached (e.g. a short --config.train.num_steps): no validation ran.
+  val = f"best val loss {best:.4f}" if math.isfinite(best) else "no epoch end, no validation"
+  print(f"{how} at step {summary['step']} ({val}); "
         f"samples: {summary['samples']}; checkpoints: {summary['checkpoints']}; "
         f"metrics: {summary['metrics']}", file=sys.stderr)
   return summary
