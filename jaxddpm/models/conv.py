@@ -10,6 +10,10 @@ same step dispatched alone. Here both gradients are written as canonical
 convolutions with explicit transposes, which is what that pass would have done
 at top level, so they take the fast path anywhere. Only programs lowered for the
 CPU use it: GPU/TPU compilers pick their own layouts and get lax's convolution.
+
+Limit: it is a `jax.custom_vjp`, so forward-mode AD (`jax.jvp`, `jacfwd`,
+`linearize`) through it fails on the CPU; jaxddpm uses reverse mode only. For
+forward mode, build the model with flax's `nn.Conv`.
 """
 
 from __future__ import annotations
