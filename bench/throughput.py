@@ -6,7 +6,8 @@
       --dtypes float32,bfloat16 --sample_count 10000
 
 Train: steady-state images/s of the jitted train step (compile time reported
-apart), FLOPs per image from XLA's cost analysis and the FLOP/s achieved.
+apart), FLOPs per image from XLA's cost analysis and the FLOP/s achieved; with
+--steps_per_dispatch K also K steps per call, as the training loop runs them.
 Sample: images/s for DDIM-50 with CFG as `sampling.make_sampler` runs it (for
 TemplateUNet the label-free encoder once for both CFG halves).
 XLA:CPU compiler options: jaxddpm's (jaxddpm/xla.py); JAXDDPM_XLA_DEFAULTS=1 times
