@@ -10,7 +10,11 @@ counts are printed and must match: small 1,703,553 at 28x28x1); the train step i
 ε-MSE with Adam and global-norm clipping; the sampler is DDIM with CFG, timed two
 ways: as jaxddpm samples (the label-free encoder run once for both CFG halves,
 `sample_ips`) and as a plain batched pass of 2B images per step
-(`sample_2pass_ips`, what the seed's code does).
+(`sample_2pass_ips`, what the seed's code does). `--dtypes bfloat16` runs the model
+under bf16 autocast (float32 params), the counterpart of jaxddpm's
+model.dtype=bfloat16. On a GPU cuDNN's benchmark mode is on (it picks the fastest
+convolution algorithms, as XLA's autotuning does for jaxddpm) and the warm-up
+steps pay for it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import nn
 
 PRESETS = {"small": ((32, 64, 128), 8), "wide": ((64, 128, 256), 256)}
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+torch.backends.cudnn.benchmark = True  # Fastest conv algorithms: XLA autotunes jaxddpm's.
 
 
 def _sync():
@@ -126,7 +131,13 @@ def cosine_alpha_bars(T=1000, s=0.008, max_beta=0.999):
   return torch.tensor(np.cumprod(1 - betas), dtype=torch.float32, device=DEVICE)
 
 
-def make_train_step(model, opt, alpha_bars, p_uncond=0.1):
+def _autocast(dtype: str):
+  """bf16 compute with float32 params (torch's mixed precision), as jaxddpm's
+  model.dtype=bfloat16; float32: no autocast."""
+  return torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
+def make_train_step(model, opt, alpha_bars, p_uncond=0.1, dtype="float32"):
   def step(x0, labels):
     B = x0.shape[0]
     t = torch.randint(0, len(alpha_bars), (B,), device=DEVICE)
@@ -134,7 +145,9 @@ def make_train_step(model, opt, alpha_bars, p_uncond=0.1):
     ab = alpha_bars[t][:, None, None, None]
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
     use = torch.rand(B, device=DEVICE) >= p_uncond
-    loss = F.mse_loss(model(x_t, t, labels, use), eps)
+    with _autocast(dtype):
+      pred = model(x_t, t, labels, use)
+    loss = F.mse_loss(pred.float(), eps)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -144,7 +157,8 @@ def make_train_step(model, opt, alpha_bars, p_uncond=0.1):
 
 
 @torch.no_grad()
-def ddim_cfg(model, alpha_bars, labels, shape, steps=50, scale=2.0, shared=True):
+def ddim_cfg(model, alpha_bars, labels, shape, steps=50, scale=2.0, shared=True,
+             dtype="float32"):
   """DDIM (eta 0) with CFG in one model call per step (shared: the encoder once for
   both halves, as jaxddpm; else a pass over 2B); x0 clipped like jaxddpm."""
   T = len(alpha_bars)
@@ -156,12 +170,14 @@ def ddim_cfg(model, alpha_bars, labels, shape, steps=50, scale=2.0, shared=True)
   for i, t in enumerate(ts):
     ab = alpha_bars[t]
     ab_prev = alpha_bars[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, device=DEVICE)
-    if shared:
-      eps = model(x, torch.full((B,), int(t), device=DEVICE), labels, None, scale)
-    else:
-      pred = model(torch.cat([x, x]), torch.full((2 * B,), int(t), device=DEVICE),
-                   torch.cat([labels, labels]), use)
-      eps = pred[B:] + scale * (pred[:B] - pred[B:])
+    with _autocast(dtype):
+      if shared:
+        eps = model(x, torch.full((B,), int(t), device=DEVICE), labels, None, scale)
+      else:
+        pred = model(torch.cat([x, x]), torch.full((2 * B,), int(t), device=DEVICE),
+                     torch.cat([labels, labels]), use)
+        eps = pred[B:] + scale * (pred[:B] - pred[B:])
+    eps = eps.float()
     x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
     eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
     x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
@@ -169,22 +185,21 @@ def ddim_cfg(model, alpha_bars, labels, shape, steps=50, scale=2.0, shared=True)
 
 
 def measure(preset="small", batch=128, size=28, channels=1, mode="eager", iters=5,
-            sample_count=20, seed=0) -> dict:
-  """Train images/s (steady state) and DDIM-50+CFG images/s for one setting."""
+            sample_count=20, seed=0, dtype="float32") -> dict:
+  """Train images/s (steady state) and DDIM-50+CFG images/s for one setting;
+  dtype bfloat16 runs the model under bf16 autocast (params stay float32)."""
   torch.manual_seed(seed)
   model = TemplateUNet(preset, channels).to(DEVICE)
   n_params = sum(p.numel() for p in model.parameters())
   opt = torch.optim.Adam(model.parameters(), lr=2e-4)
   alpha_bars = cosine_alpha_bars()
-  step = make_train_step(model, opt, alpha_bars)
-  net = model
-  if mode == "compile":
-    net = torch.compile(model)
-    step = make_train_step(net, opt, alpha_bars)
+  net = torch.compile(model) if mode == "compile" else model
+  step = make_train_step(net, opt, alpha_bars, dtype=dtype)
   x = torch.rand(batch, channels, size, size, device=DEVICE) * 2 - 1
   labels = torch.randint(0, 10, (batch,), device=DEVICE)
   t0 = time.perf_counter()
-  step(x, labels)  # Warm-up (compiles under torch.compile).
+  for _ in range(2):  # Warm-up: compiles under torch.compile, cuDNN benchmarks.
+    step(x, labels)
   _sync()
   warmup = time.perf_counter() - t0
   t0 = time.perf_counter()
@@ -197,13 +212,15 @@ def measure(preset="small", batch=128, size=28, channels=1, mode="eager", iters=
   ips = {}
   for shared in (True, False):
     ddim_cfg(net, alpha_bars, sample_labels, (channels, size, size), steps=2,
-             shared=shared)  # Warm-up.
+             shared=shared, dtype=dtype)  # Warm-up.
     _sync()
     t0 = time.perf_counter()
-    ddim_cfg(net, alpha_bars, sample_labels, (channels, size, size), shared=shared)
+    ddim_cfg(net, alpha_bars, sample_labels, (channels, size, size), shared=shared,
+             dtype=dtype)
     _sync()
     ips[shared] = sample_count / (time.perf_counter() - t0)
   return dict(preset=preset, batch=batch, shape=f"{size}x{size}x{channels}", mode=mode,
+              dtype=dtype,
               params=n_params, train_ips=train_ips, warmup_s=warmup, sample_ips=ips[True],
               sample_2pass_ips=ips[False])
 
@@ -214,23 +231,27 @@ def main():
   p.add_argument("--batches", default="128")
   p.add_argument("--shapes", default="28x1", help="size x channels, comma-separated")
   p.add_argument("--modes", default="eager,compile")
+  p.add_argument("--dtypes", default="float32", help="float32 and/or bfloat16 (autocast)")
   p.add_argument("--iters", type=int, default=5)
   p.add_argument("--sample_count", type=int, default=20)
   args = p.parse_args()
   print(f"torch {torch.__version__} on {DEVICE}, {torch.get_num_threads()} threads\n")
-  print("| model | shape | mode | batch | params | train img/s | warm-up s "
+  print("| model | shape | mode | dtype | batch | params | train img/s | warm-up s "
         "| DDIM-50+CFG img/s | same, CFG as 2B pass |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for preset in args.presets.split(","):
     for shape in args.shapes.split(","):
       size, channels = (int(v) for v in shape.split("x"))
       for mode in args.modes.split(","):
-        for batch in (int(b) for b in args.batches.split(",")):
-          r = measure(preset, batch, size, channels, mode, args.iters, args.sample_count)
-          print(f"| template-{preset} | {r['shape']} | {mode} | {batch} | {r['params']:,} | "
-                f"{r['train_ips']:.0f} | {r['warmup_s']:.1f} | {r['sample_ips']:.1f} | "
-                f"{r['sample_2pass_ips']:.1f} |",
-                flush=True)
+        for dtype in args.dtypes.split(","):
+          for batch in (int(b) for b in args.batches.split(",")):
+            r = measure(preset, batch, size, channels, mode, args.iters, args.sample_count,
+                        dtype=dtype)
+            print(f"| template-{preset} | {r['shape']} | {mode} | {dtype} | {batch} | "
+                  f"{r['params']:,} | "
+                  f"{r['train_ips']:.0f} | {r['warmup_s']:.1f} | {r['sample_ips']:.1f} | "
+                  f"{r['sample_2pass_ips']:.1f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
