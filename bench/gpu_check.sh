@@ -2,15 +2,13 @@
 # The GPU checks of the quality and speed issues, sized for one lent device session
 # (15 minutes of device time, 10 per command). Run the two steps as two commands:
 #
-#   STEPS=quality bash bench/gpu_check.sh      # ~8 min on an H100
+#   STEPS=quality bash bench/gpu_check.sh      # see the knobs in that step
 #   STEPS=throughput bash bench/gpu_check.sh   # ~4-5 min
 #
 # quality: the default (GPU) MNIST and Fashion-MNIST configs trained side by side on
 #   the one GPU (bf16 compute, in-training evaluation off), then bench/quality.py on
-#   each with 10,000 samples. XLA's GPU autotuning is off for these runs
-#   (--xla_gpu_autotune_level=0): with it each new program took ~50 s to compile, and
-#   a training run compiles four. The training timeout is a safety net: a run it
-#   stops is evaluated at its best checkpoint, and the log says how far it got.
+#   each with 10,000 samples. The training timeout is a safety net: a run it stops
+#   is evaluated at its best checkpoint, and the log says how far it got.
 # throughput: TemplateUNet small, batch 1024: jaxddpm against PyTorch eager and
 #   torch.compile in bf16 (autocast) with the 10,000-sample DDIM-50+CFG time, then
 #   float32 against PyTorch eager. Autotuning on (XLA's default), as users run it.
@@ -38,33 +36,46 @@ python3 -c "import jax, flax, optax, orbax.checkpoint as o, torch; print('jax', 
 quiet() { grep -v -i "warn\|cuda_timer\|^ *$"; }
 
 if want quality; then
-  EPOCHS="${EPOCHS:-30}" TRAIN_TIMEOUT="${TRAIN_TIMEOUT:-300}" NUM="${NUM_SAMPLES:-10000}"
+  # Knobs: DATASETS (run side by side), EPOCHS, K (train.steps_per_dispatch; 1 avoids
+  # a second chunk program for the 5-step tail of a 421-step epoch), NO_AUTOTUNE=1.
+  DATASETS="${DATASETS:-mnist fmnist}" EPOCHS="${EPOCHS:-30}" NUM="${NUM_SAMPLES:-10000}"
+  TRAIN_TIMEOUT="${TRAIN_TIMEOUT:-300}"
   variant="" extra=(--config.model.dtype=bfloat16 --config.eval.every_epochs=0
                     --config.train.sample_every_steps=0)
+  if [[ -n "${K:-}" ]]; then extra+=(--config.train.steps_per_dispatch="$K"); fi
   if [[ -n "${SMOKE:-}" ]]; then variant=":smoke" extra=(); fi
-  # Two processes share the GPU: neither may take JAX's default 75% of its memory.
-  export XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
-  export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0"
+  # Side by side, no process may take JAX's default 75% of the GPU's memory.
+  export XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 JAX_LOG_COMPILES=1 PYTHONFAULTHANDLER=1
+  export XLA_FLAGS="${XLA_FLAGS:-} --xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text"
+  if [[ -n "${NO_AUTOTUNE:-}" ]]; then
+    export XLA_FLAGS="$XLA_FLAGS --xla_gpu_autotune_level=0"
+  fi
   R="$OUT/q"; mkdir -p "$R"
-  run_one() {  # dataset config name, workdir name
+  run_one() {  # dataset config name; a stuck run prints its Python stack (SIGABRT)
     local t0=$SECONDS
-    timeout "$TRAIN_TIMEOUT" python3 launch.py --config "configs/$1.py$variant" \
-      --workdir "runs/gpu_$2" --config.train.num_epochs="$EPOCHS" "${extra[@]}" --quiet \
-      > "$R/train_$2.log" 2>&1
-    echo "train $2: exit $? after $((SECONDS - t0)) s" >> "$R/train_$2.log"
-    timeout 170 python3 bench/quality.py --workdir "runs/gpu_$2" --num_samples "$NUM" \
-      --batch_size 2500 --sweeps default --grids "$R/grid_$2" --json "$R/quality_$2.jsonl" \
-      > "$R/quality_$2.log" 2>&1
-    echo "quality $2: exit $? after $((SECONDS - t0)) s" >> "$R/quality_$2.log"
+    timeout -s ABRT "$TRAIN_TIMEOUT" python3 launch.py --config "configs/$1.py$variant" \
+      --workdir "runs/gpu_$1" --config.train.num_epochs="$EPOCHS" "${extra[@]}" \
+      > "$R/train_$1.log" 2>&1
+    echo "train $1: exit $? after $((SECONDS - t0)) s" >> "$R/train_$1.log"
+    timeout -s ABRT 170 python3 bench/quality.py --workdir "runs/gpu_$1" --num_samples "$NUM" \
+      --batch_size 2500 --sweeps default --grids "$R/grid_$1" --json "$R/quality_$1.jsonl" \
+      > "$R/quality_$1.log" 2>&1
+    echo "quality $1: exit $? after $((SECONDS - t0)) s" >> "$R/quality_$1.log"
   }
-  echo "== quality: default configs, bf16, $EPOCHS epochs, then $NUM samples each"
-  run_one mnist mnist & run_one fmnist fmnist &
+  echo "== quality: default configs ($DATASETS), bf16, $EPOCHS epochs, then $NUM samples"
+  for d in $DATASETS; do run_one "$d" & done
   wait
-  for d in mnist fmnist; do
-    cp runs/gpu_$d/metrics.jsonl "$R/metrics_$d.jsonl" 2>/dev/null
+  for d in $DATASETS; do
+    cp "runs/gpu_$d/metrics.jsonl" "$R/metrics_$d.jsonl"
     for f in runs/gpu_$d/samples/*.png; do cp "$f" "$R/${d}_$(basename "$f")"; done
-    echo "-- $d"; quiet < "$R/train_$d.log" | tail -6; quiet < "$R/quality_$d.log" | tail -8
+    echo "-- $d"; grep -i "compilation of\|Traceback\|File \"\|Error" "$R/train_$d.log" | tail -12
+    grep '"epoch"' "runs/gpu_$d/metrics.jsonl" | tail -2
+    quiet < "$R/train_$d.log" | tail -3; quiet < "$R/quality_$d.log" | tail -6
   done
+  # Did XLA keep any conditional (jaxddpm's CPU-only convolution switch) on the GPU?
+  echo "optimized HLO modules with a conditional: $(grep -l 'conditional(' \
+    /tmp/hlo/*after_optimizations.txt 2>/dev/null | wc -l) of \
+    $(ls /tmp/hlo/*after_optimizations.txt 2>/dev/null | wc -l)"
   tar -cf "$OUT/quality.tar" -C "$OUT" q && rm -rf "$R"
 fi
 

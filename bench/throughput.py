@@ -57,7 +57,7 @@ def _flops(lowered) -> float:
   TemplateUNet small), so the compiled count cannot give a GPU's MFU."""
   cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan")))
+  return float((cost or {}).get("flops", float("nan")))  # None: jax 0.11 on a GPU.
 
 
 def matmul_peak(dtype: str, n: int = 4096, iters: int = 5) -> float:

@@ -95,3 +95,31 @@ def test_scanned_train_step_uses_only_canonical_convolutions(tiny_config, name):
   labels_of_convs = re.findall(r"convolution\(.*dim_labels=([^,\s]+)", hlo)
   assert labels_of_convs, "no convolutions found in the compiled chunk"
   assert set(labels_of_convs) == {"b01f_01io->b01f"}, sorted(set(labels_of_convs))
+
+
+def test_off_the_cpu_the_program_holds_lax_convolution_only(monkeypatch):
+  """On a GPU/TPU the traced program is lax's convolution and nothing else: no
+  custom VJP, and no `case` on the platform holding both versions."""
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+  nhwc = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  loss = lambda x, w: conv.conv_general_dilated(x, w, (1, 1), "SAME", **nhwc).sum()
+  on_cpu = str(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w))
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  off_cpu = str(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w))
+  assert "custom_vjp" in on_cpu and "transpose" in on_cpu
+  assert "custom_vjp" not in off_cpu and "cond" not in off_cpu
+  lax_only = str(jax.make_jaxpr(jax.grad(
+      lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", **nhwc).sum(), (0, 1)))(x, w))
+  assert off_cpu == lax_only
+
+
+def test_train_step_lowers_without_platform_switch(tiny_config):
+  """One version of each convolution in the lowered train step: no `case`."""
+  from jaxddpm import train
+  model, _, tx, step, _ = train.make_steps(tiny_config)
+  state = train.create_train_state(train.init_params(model, tiny_config, jax.random.key(0)), tx)
+  s = tiny_config.data.image_size
+  batch = {"image": jnp.zeros((4, s, s, 1), jnp.uint8), "label": jnp.arange(4) % 4}
+  text = step.lower(state, batch, jax.random.key(1)).as_text()
+  assert "stablehlo.convolution" in text and "stablehlo.case" not in text

@@ -8,8 +8,16 @@ the batch as the contracted feature), so inside a `lax.scan` of train steps they
 fell back to XLA's naive loop: a train step in a scan ran ~6x slower than the
 same step dispatched alone. Here both gradients are written as canonical
 convolutions with explicit transposes, which is what that pass would have done
-at top level, so they take the fast path anywhere. Only programs lowered for the
-CPU use it: GPU/TPU compilers pick their own layouts and get lax's convolution.
+at top level, so they take the fast path anywhere. Only processes whose default
+backend is the CPU use it: on a GPU/TPU the program holds lax's convolution alone,
+as before (their compilers pick their own layouts). The choice is made when the
+function is traced, not with `lax.platform_dependent`: that lowers both versions
+behind a `case` on the platform (200 of them in the default UNet's train step),
+left to XLA to fold away; with it, a GPU run (two processes, 8-step chunks,
+autotuning off) did not reach its 104th step in 300 s. The cause was not
+isolated (docs/RESULTS.md), so GPU programs are kept exactly as they were when
+measured at 11,500 images/s. A CPU process that places work on a GPU explicitly
+gets the CPU version there: correct, only not tuned for it.
 
 Limit: it is a `jax.custom_vjp`, so forward-mode AD (`jax.jvp`, `jacfwd`,
 `linearize`) through it fails on the CPU; jaxddpm uses reverse mode only. For
@@ -87,7 +95,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
            and all(d == 1 for d in (rhs_dilation or (1, 1)))
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-  if not plain:
+  if not plain or jax.default_backend() != "cpu":
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
         feature_group_count, batch_group_count, precision, preferred_element_type)
@@ -95,12 +103,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   strides = tuple(int(s) for s in window_strides)
-  # Chosen when the program is lowered for its platform: other compilers get lax's
-  # convolution exactly as before (their layouts are their own business).
-  return lax.platform_dependent(
-      lhs, rhs, cpu=lambda x, w: _conv(x, w, strides, pads, precision),
-      default=lambda x, w: lax.conv_general_dilated(x, w, strides, pads,
-                                                    dimension_numbers=_NHWC, precision=precision))
+  return _conv(lhs, rhs, strides, pads, precision)
 
 
 # flax's Conv (same parameters, names and initialisers) computing through the above.
