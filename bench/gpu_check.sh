@@ -1,23 +1,33 @@
 #!/usr/bin/env bash
 # The GPU checks of the quality and speed issues, sized for one lent device session
-# (15 minutes of device time, 10 per command). Run the two steps as two commands:
+# (15 minutes of device time in all, starts included; 10 minutes per command).
 #
-#   STEPS=quality bash bench/gpu_check.sh      # see the knobs in that step
-#   STEPS=throughput bash bench/gpu_check.sh   # ~4-5 min
+#   STEPS=quality DATASETS=fmnist EPOCHS=15 bash bench/gpu_check.sh  # one dataset
+#   STEPS=throughput bash bench/gpu_check.sh                         # ~4-5 min
 #
-# quality: the default (GPU) MNIST and Fashion-MNIST configs trained side by side on
-#   the one GPU (bf16 compute, in-training evaluation off), then bench/quality.py on
-#   each with 10,000 samples. The training timeout is a safety net: a run it stops
-#   is evaluated at its best checkpoint, and the log says how far it got.
+# quality: the default (GPU) configs of DATASETS (side by side on the one GPU when
+#   several), bf16 compute, in-training evaluation off, then bench/quality.py on each
+#   with 10,000 samples. The training timeout is a safety net: a run it stops is
+#   evaluated at its best checkpoint; the log shows its progress, and its Python
+#   stack if the timeout hit. Knobs: DATASETS, EPOCHS, K (steps per call; 8 is the
+#   default, ~90 steps/s against ~38 with 1), NO_AUTOTUNE=1, TRAIN_TIMEOUT.
+#   Budget from the fifth session (docs/RESULTS.md): ~70 s to compile the train
+#   step, ~60 s more for the 5-step tail chunk of a 421-step epoch when K=8, ~60 s
+#   for the validation step, ~5-6 s per epoch end, ~45 s for the 10,000-sample
+#   evaluation. metrics.jsonl now times epoch ends and checkpoints
+#   (val_seconds, checkpoint_seconds, wall_time): read them first.
+#   Two datasets side by side with K=8 and autotuning off did not reach step 104
+#   in 300 s there (cause not isolated): try one dataset first.
 # throughput: TemplateUNet small, batch 1024: jaxddpm against PyTorch eager and
 #   torch.compile in bf16 (autocast) with the 10,000-sample DDIM-50+CFG time, then
 #   float32 against PyTorch eager. Autotuning on (XLA's default), as users run it.
 #
-# Needs, carried: .data/{mnist,fashion-mnist}/ (the IDX files), .whl/ (the
-# ml_collections wheel) and .jcache/classifiers/ (the evaluator classifiers, trained
-# on the CPU: the cache is keyed by dataset and recipe). See docs/RESULTS.md.
-# Results come back as $OUT/quality.tar (logs, metrics, grids, tables) and
-# $OUT/throughput.md. SMOKE=1 runs the same pipeline on :smoke configs (CPU check).
+# Needs, carried (all git-ignored): .data/{mnist,fashion-mnist}/ (copies of
+# ../shared/data/*), .whl/ (the ml_collections wheel, see the device README) and
+# .jcache/classifiers/ (a copy of ~/.cache/jaxddpm/classifiers after the evaluator
+# classifiers were trained on the CPU, e.g. by bench/quality.py: keyed by dataset
+# and recipe). Results come back as $OUT/quality.tar (logs, metrics, grids, tables)
+# and $OUT/throughput.md. SMOKE=1 runs the same pipeline on :smoke configs (CPU).
 set -uo pipefail
 STEPS="${STEPS:-quality}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }

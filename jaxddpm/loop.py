@@ -150,22 +150,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
         _flush_metrics(pending, log, bar, ckpt, state, lr_at, last_log_time, last_log_step, B)
         pending, last_log_time, last_log_step = [], time.perf_counter(), step
       if at_epoch_end:
+        t_val = time.perf_counter()
         val = validation_loss(eval_fn, state.params, val_x, val_y,
                               config.train.eval_batch_size, val_key, mesh)
+        t_val = time.perf_counter() - t_val
         state, improved = end_epoch(state, val, plateau)
         bad_epochs = int(state.bad_epochs)
         log.write(step=step, epoch=step // steps_per_epoch, val_loss=val,
                   best_val_loss=float(state.best_val_loss),
-                  lr_scale=float(state.plateau.scale), bad_epochs=int(state.bad_epochs))
+                  lr_scale=float(state.plateau.scale), bad_epochs=int(state.bad_epochs),
+                  val_seconds=round(t_val, 3))
         if evaluator is not None:
           # With evaluation on, "best" means best samples, not lowest loss.
           improved = False
           if (step // steps_per_epoch) % config.eval.every_epochs == 0:
             state, improved = _evaluate_samples(evaluator, sampler, state, config, root_key,
                                                 log, step)
-        ckpt.save(state, best=improved)
+        _timed_save(ckpt, log, state, step, best=improved)
       elif must_save:
-        ckpt.save(state)
+        _timed_save(ckpt, log, state, step)
       if config.train.sample_every_steps and crossed(config.train.sample_every_steps):
         _write_grid(workdir, step, sampler, state.ema_params, grid_labels, config, root_key)
     stopped_early = step < total
@@ -202,6 +205,14 @@ def _make_evaluator(config):
   return evaluate.make_evaluator(config.data, cache_dir=config.eval.cache_dir or None,
                                  spec=evaluate.classifier_spec(config), k=config.eval.pr_k,
                                  quiet=config.train.quiet)
+
+
+def _timed_save(ckpt, log, state, step: int, best: bool = False) -> None:
+  """Saves and logs how long the save held training up (the copy off the device,
+  and any wait for the previous write: Orbax writes to disk in the background)."""
+  t0 = time.perf_counter()
+  ckpt.save(state, best=best)
+  log.write(step=step, checkpoint_seconds=round(time.perf_counter() - t0, 3))
 
 
 def _evaluate_samples(evaluator, sampler, state, config, root_key, log, step):

@@ -62,7 +62,9 @@ class Progress:
 
 class MetricsLog:
   """Appends one JSON object per line to workdir/metrics.jsonl. On several hosts
-  only the first writes (the others compute the same numbers)."""
+  only the first writes (the others compute the same numbers). Each record gets
+  `wall_time` (Unix seconds): the gaps between records show where a run's time
+  went (compiles, epoch ends, checkpoints), also across a resume."""
 
   def __init__(self, path: str, *, writer: bool = True):
     self.path, self.writer = path, writer
@@ -73,6 +75,7 @@ class MetricsLog:
     if not self.writer:
       return
     clean = {k: (float(v) if hasattr(v, "item") else v) for k, v in record.items()}
+    clean.setdefault("wall_time", round(time.time(), 3))
     with open(self.path, "a") as f:
       f.write(json.dumps(clean) + "\n")
 

@@ -35,6 +35,12 @@ def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path):
   _, b = checkpoint.load_checkpoint(part, which="latest")
   _leaves_equal(a, b)
   metrics = progress.read_metrics(os.path.join(part, "metrics.jsonl"))
+  # Where the time went: every record is stamped, epoch ends and saves are timed.
+  times = [m["wall_time"] for m in metrics]
+  assert times == sorted(times) and times[-1] - times[0] > 0
+  assert all(m["val_seconds"] > 0 for m in metrics if "val_loss" in m)
+  saved = {m["step"] for m in metrics if "checkpoint_seconds" in m}
+  assert {8, 11, 16, 24, 32} <= saved  # Every 8 steps, the stop at 11, epoch ends.
   assert [m["val_loss"] for m in metrics if "val_loss" in m] == [
       m["val_loss"] for m in progress.read_metrics(str(tmp_path / "full" / "metrics.jsonl"))
       if "val_loss" in m]
