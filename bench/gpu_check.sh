@@ -12,9 +12,9 @@
 #   stack if the timeout hit. Knobs: DATASETS, EPOCHS, K (steps per call; 8 is the
 #   default, ~90 steps/s against ~38 with 1), NO_AUTOTUNE=1, TRAIN_TIMEOUT.
 #   Budget from the fifth session (docs/RESULTS.md): ~70 s to compile the train
-#   step, ~60 s more for the 5-step tail chunk of a 421-step epoch when K=8, ~60 s
-#   for the validation step, ~5-6 s per epoch end, ~45 s for the 10,000-sample
-#   evaluation. metrics.jsonl now times epoch ends and checkpoints
+#   step (one chunk program for any K since then: the short chunk at an epoch's end
+#   runs it masked), ~60 s for the validation step, ~5-6 s per epoch end, ~45 s for
+#   the 10,000-sample evaluation. metrics.jsonl now times epoch ends and checkpoints
 #   (val_seconds, checkpoint_seconds, wall_time): read them first.
 #   Two datasets side by side with K=8 and autotuning off did not reach step 104
 #   in 300 s there (cause not isolated): try one dataset first.
@@ -46,8 +46,7 @@ python3 -c "import jax, flax, optax, orbax.checkpoint as o, torch; print('jax', 
 quiet() { grep -v -i "warn\|cuda_timer\|^ *$"; }
 
 if want quality; then
-  # Knobs: DATASETS (run side by side), EPOCHS, K (train.steps_per_dispatch; 1 avoids
-  # a second chunk program for the 5-step tail of a 421-step epoch), NO_AUTOTUNE=1.
+  # Knobs: DATASETS (run side by side), EPOCHS, K (train.steps_per_dispatch), NO_AUTOTUNE=1.
   DATASETS="${DATASETS:-mnist fmnist}" EPOCHS="${EPOCHS:-30}" NUM="${NUM_SAMPLES:-10000}"
   TRAIN_TIMEOUT="${TRAIN_TIMEOUT:-300}"
   variant="" extra=(--config.model.dtype=bfloat16 --config.eval.every_epochs=0

@@ -115,7 +115,7 @@ def bench_train(c, batch: int, iters: int, sharded: bool = False, k: int = 1,
 def _bench_chunk(step, state, data, key, batch: int, iters: int, k: int, mesh):
   """Images/s of k steps per dispatch, as the training loop runs them
   (`loop.make_chunk_fn`: one lax.scan gathering each batch from device memory)."""
-  chunk = loop.make_chunk_fn(step, batch, mesh)
+  chunk = loop.make_chunk_fn(step, batch, mesh, steps=k)
   images = jnp.tile(data["image"], (k, 1, 1, 1))
   labels = jnp.tile(data["label"], (k,))
   perm = jnp.arange(k * batch, dtype=jnp.int32)
@@ -124,12 +124,12 @@ def _bench_chunk(step, state, data, key, batch: int, iters: int, k: int, mesh):
   t0 = time.perf_counter()
   compiled = chunk.lower(state, images, labels, perm, 0, key, k).compile()
   compile_s = time.perf_counter() - t0
-  state, m = compiled(state, images, labels, perm, 0, key)
+  state, m = compiled(state, images, labels, perm, 0, key, k)
   jax.block_until_ready(m)
   calls = max(1, iters // k)
   t0 = time.perf_counter()
   for _ in range(calls):
-    state, m = compiled(state, images, labels, perm, 0, key)
+    state, m = compiled(state, images, labels, perm, 0, key, k)
   jax.block_until_ready(m)
   return calls * k * batch / (time.perf_counter() - t0), state.ema_params, compile_s
 

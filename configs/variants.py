@@ -17,8 +17,9 @@ def apply(config, arg):
     config.model.update(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                         attention_resolutions=(config.data.image_size // 4,), dropout=0.0)
     # 10 steps per dispatch: 119 -> 154 images/s for this model here (measured,
-    # docs/RESULTS.md); 10 divides the 890 steps of an MNIST epoch and every interval
-    # below, so the loop compiles one chunk length only.
+    # docs/RESULTS.md). Any K compiles one chunk program (an epoch's short last
+    # chunk runs it with steps masked); 10 divides the 890 steps of an MNIST epoch,
+    # so no step is masked here.
     config.train.update(batch_size=64, num_epochs=0, num_steps=1200, log_every_steps=50,
                         checkpoint_every_steps=300, sample_every_steps=0,
                         steps_per_dispatch=10)

@@ -24,26 +24,39 @@ class NonFiniteError(FloatingPointError):
   """The loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
 
 
-def make_chunk_fn(step_fn: Callable, batch_size: int, mesh=None) -> Callable:
-  """`chunk(state, images, labels, perm, offset, key, k)`: k train steps in one
-  compiled `lax.scan`, each gathering its batch from the device-resident data via
-  the epoch permutation `perm`; metrics come back stacked [k]. With a mesh, each
-  gathered batch is sharded over its `data` axis (the state stays replicated)."""
+def make_chunk_fn(step_fn: Callable, batch_size: int, mesh=None, steps: int = 1) -> Callable:
+  """`chunk(state, images, labels, perm, offset, key, n)`: the first n of `steps`
+  train steps in one compiled `lax.scan`, each gathering its batch from the
+  device-resident data via the epoch permutation `perm`; metrics come back
+  stacked [steps], of which the first n count. n is a traced argument: the short
+  chunk at an epoch's end runs the same program with its last steps masked, so a
+  run compiles one chunk program (each one costs ~60 s under XLA's GPU
+  autotuning). A masked step is computed and its state dropped (a select that
+  fuses into the optimizer's elementwise update): at most steps-1 wasted steps
+  per epoch. With a mesh, each gathered batch is sharded over its `data` axis
+  (the state stays replicated)."""
+  if steps < 1:
+    raise ValueError(f"steps must be >= 1, got {steps}.")
 
-  def chunk(state, images, labels, perm, offset, key, k):
+  def chunk(state, images, labels, perm, offset, key, n):
     def body(state, i):
+      # Past the permutation's end (a masked step) the start is clamped: any batch.
       idx = jax.lax.dynamic_slice(perm, ((offset + i) * batch_size,), (batch_size,))
       batch = {"image": images[idx], "label": labels[idx]}
       if mesh is not None:
         batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharding(mesh))
-      return step_fn(state, batch, key)
-    if k == 1:
-      # No while loop for a single step (the chunk at an epoch end can be one).
+      new, metrics = step_fn(state, batch, key)
+      if steps == 1:
+        return new, metrics
+      live = i < n
+      return jax.tree.map(lambda a, b: jnp.where(live, a, b), new, state), metrics
+    if steps == 1:
+      # No while loop for a single step.
       state, metrics = body(state, 0)
       return state, jax.tree.map(lambda m: m[None], metrics)
-    return jax.lax.scan(body, state, jnp.arange(k))
+    return jax.lax.scan(body, state, jnp.arange(steps))
 
-  return xla.jit(chunk, static_argnums=(6,), donate_argnums=(0,))
+  return xla.jit(chunk, donate_argnums=(0,))
 
 
 def validation_loss(eval_fn, params, images, labels, batch_size: int, key: jax.Array,
@@ -118,7 +131,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_x, train_y, val_x, val_y = parallel.replicate(
       (splits["train"].images, splits["train"].labels, splits["val"].images,
        splits["val"].labels), mesh)
-  chunk_fn = make_chunk_fn(step_fn, B, mesh)  # The jitted step inlines into the scan.
+  K = config.train.steps_per_dispatch
+  chunk_fn = make_chunk_fn(step_fn, B, mesh, K)  # The jitted step inlines into the scan.
   sampler = sampling.make_sampler(config, with_stats=True)
   grid_labels = _grid_labels(config, splits["val"])
   evaluator = _make_evaluator(config)
@@ -137,10 +151,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if epoch != perm_epoch:
         perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), train_x.shape[0])
         perm_epoch = epoch
-      k = _chunk_length(step, steps_per_epoch, total, config.train.steps_per_dispatch)
+      k = _chunk_length(step, steps_per_epoch, total, K)
       state, metrics = chunk_fn(state, train_x, train_y, perm, step % steps_per_epoch,
                                 step_key, k)
-      pending.append((step, metrics))
+      pending.append((step, metrics, k))
       step += k
       crossed = lambda every: step // every != (step - k) // every
       at_epoch_end = step % steps_per_epoch == 0
@@ -246,9 +260,10 @@ def _flush_metrics(pending, log, bar, ckpt, state, lr_at, t0, step0, B):
   """Fetches the chunks' metrics (one host transfer), stops on NaN/Inf, logs."""
   if not pending:
     return
-  host = jax.device_get([m for _, m in pending])
-  losses = np.concatenate([np.asarray(m["loss"]) for m in host])
-  norms = np.concatenate([np.asarray(m["grad_norm"]) for m in host])
+  host = jax.device_get([m for _, m, _ in pending])
+  live = [k for _, _, k in pending]  # A chunk's masked steps come last: dropped.
+  losses = np.concatenate([np.asarray(m["loss"])[:k] for m, k in zip(host, live)])
+  norms = np.concatenate([np.asarray(m["grad_norm"])[:k] for m, k in zip(host, live)])
   first = pending[0][0]
   bad = np.flatnonzero(~(np.isfinite(losses) & np.isfinite(norms)))
   if bad.size:

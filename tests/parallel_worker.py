@@ -62,8 +62,8 @@ def main(workdir):
   images = jnp.asarray(rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8))
   labels = jnp.arange(16) % 4
   perm = jax.random.permutation(jax.random.key(1), 16)
-  a = loop.make_chunk_fn(step, 8)(fresh(), images, labels, perm, 0, key, 2)[0]
-  b = loop.make_chunk_fn(step, 8, mesh)(parallel.replicate(fresh(), mesh),
+  a = loop.make_chunk_fn(step, 8, steps=2)(fresh(), images, labels, perm, 0, key, 2)[0]
+  b = loop.make_chunk_fn(step, 8, mesh, steps=2)(parallel.replicate(fresh(), mesh),
                                         *parallel.replicate((images, labels, perm), mesh),
                                         0, key, 2)[0]
   out["chunk_param_diff"] = max_diff(a.params, b.params)

@@ -88,7 +88,7 @@ def test_scanned_train_step_uses_only_canonical_convolutions(tiny_config, name):
   state = train.create_train_state(train.init_params(model, tiny_config, jax.random.key(0)), tx)
   images = jnp.zeros((8, size, size, 1), jnp.uint8)
   labels = jnp.arange(8, dtype=jnp.int32) % 4
-  chunk = loop.make_chunk_fn(step, batch_size=4)
+  chunk = loop.make_chunk_fn(step, batch_size=4, steps=2)
   hlo = chunk.lower(state, images, labels, jnp.arange(8), 0, jax.random.key(1),
                     2).compile().as_text()
   assert "while" in hlo  # The steps really are in a loop.

@@ -3,6 +3,7 @@
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +45,25 @@ def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path):
   assert [m["val_loss"] for m in metrics if "val_loss" in m] == [
       m["val_loss"] for m in progress.read_metrics(str(tmp_path / "full" / "metrics.jsonl"))
       if "val_loss" in m]
+
+
+def test_steps_per_dispatch_does_not_change_training(smoke_config, tmp_path):
+  """K is a speed knob only: 5 steps per call (16-step epochs: chunks of 5, 5, 5
+  and a masked 1-of-5) train exactly as 1 step per call, and log the same steps."""
+  runs = {}
+  for k in (1, 5):
+    with smoke_config.unlocked():
+      smoke_config.train.steps_per_dispatch = k
+    workdir = str(tmp_path / f"k{k}")
+    assert loop.train_and_evaluate(smoke_config, workdir)["step"] == 32
+    records = progress.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    runs[k] = (checkpoint.load_checkpoint(workdir, which="latest", ema=False)[1],
+               [(r["step"], r["val_loss"]) for r in records if "val_loss" in r])
+  (p1, v1), (p5, v5) = runs[1], runs[5]
+  assert [s for s, _ in v1] == [s for s, _ in v5] == [16, 32]
+  np.testing.assert_allclose([v for _, v in v5], [v for _, v in v1], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(p5), jax.tree.leaves(p1), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_plateau_and_early_stopping_on_scripted_losses(smoke_config):
@@ -179,16 +199,39 @@ def test_k_steps_per_dispatch_equal_k_single_steps(tiny_config):
   labels = jnp.arange(20, dtype=jnp.int32) % 4
   perm = jax.random.permutation(jax.random.key(1), 20)
   key = jax.random.key(2)
-  chunked, metrics = loop.make_chunk_fn(step, 4)(fresh(), images, labels, perm, 1, key, 3)
   state, losses = fresh(), []
   for i in range(1, 4):  # Offset 1: the chunk starts at the epoch's second batch.
     idx = perm[i * 4:(i + 1) * 4]
     state, m = step(state, {"image": images[idx], "label": labels[idx]}, key)
     losses.append(float(m["loss"]))
-  assert int(chunked.step) == int(state.step) == 3
-  np.testing.assert_allclose(np.asarray(metrics["loss"]), losses, rtol=1e-5, atol=1e-6)
-  for a, b in zip(jax.tree.leaves(chunked.params), jax.tree.leaves(state.params), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # 3 of 3 steps; and 3 of 4, the 4th masked (an epoch's short last chunk), which
+  # reads past the permutation's end (offset 4 of a 5-batch epoch) and is dropped.
+  for steps in (3, 4):
+    chunked, metrics = loop.make_chunk_fn(step, 4, steps=steps)(fresh(), images, labels,
+                                                                perm, 1, key, 3)
+    assert np.asarray(metrics["loss"]).shape == (steps,)
+    assert int(chunked.step) == int(state.step) == 3
+    np.testing.assert_allclose(np.asarray(metrics["loss"])[:3], losses, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(state), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_one_chunk_program_for_every_chunk_length(tiny_config):
+  """The number of live steps is traced: full and short chunks share one compile."""
+  model, _, tx, step, _ = train.make_steps(tiny_config)
+  state = train.create_train_state(train.init_params(model, tiny_config, jax.random.key(0)), tx)
+  inner = step.__wrapped__  # The un-jitted step: each trace of the chunk traces it.
+
+  @chex.assert_max_traces(n=1)
+  def traced(state, batch, key):
+    return inner(state, batch, key)
+
+  chunk = loop.make_chunk_fn(traced, 4, steps=4)
+  images = jnp.zeros((20, 8, 8, 1), jnp.uint8)
+  labels, perm = jnp.arange(20) % 4, jnp.arange(20)
+  for offset, n in ((0, 4), (4, 1), (0, 2)):
+    state, _ = chunk(state, images, labels, perm, offset, jax.random.key(1), n)
+  assert int(state.step) == 7
 
 
 def test_chunks_stop_at_multiples_of_k_epoch_ends_and_the_end():
