@@ -10,7 +10,9 @@
 #   with 10,000 samples. The training timeout is a safety net: a run it stops is
 #   evaluated at its best checkpoint; the log shows its progress, and its Python
 #   stack if the timeout hit. Knobs: DATASETS, EPOCHS, K (steps per call; 8 is the
-#   default, ~90 steps/s against ~38 with 1), NO_AUTOTUNE=1, TRAIN_TIMEOUT.
+#   default, ~90 steps/s against ~38 with 1), NO_AUTOTUNE=1, TRAIN_TIMEOUT; for
+#   bench/quality.py SWEEPS (e.g. default,guidance_fine: guidance 1, 1.5 and 2, at
+#   ~15-30 s each on the default UNet) and QUALITY_TIMEOUT.
 #   Budget from the fifth session (docs/RESULTS.md): ~70 s to compile the train
 #   step (one chunk program for any K since then: the short chunk at an epoch's end
 #   runs it masked), ~60 s for the validation step, ~5-6 s per epoch end, ~45 s for
@@ -48,7 +50,7 @@ quiet() { grep -v -i "warn\|cuda_timer\|^ *$"; }
 if want quality; then
   # Knobs: DATASETS (run side by side), EPOCHS, K (train.steps_per_dispatch), NO_AUTOTUNE=1.
   DATASETS="${DATASETS:-mnist fmnist}" EPOCHS="${EPOCHS:-30}" NUM="${NUM_SAMPLES:-10000}"
-  TRAIN_TIMEOUT="${TRAIN_TIMEOUT:-300}"
+  TRAIN_TIMEOUT="${TRAIN_TIMEOUT:-300}" SWEEPS="${SWEEPS:-default}"
   variant="" extra=(--config.model.dtype=bfloat16 --config.eval.every_epochs=0
                     --config.train.sample_every_steps=0)
   if [[ -n "${K:-}" ]]; then extra+=(--config.train.steps_per_dispatch="$K"); fi
@@ -66,8 +68,8 @@ if want quality; then
       --workdir "runs/gpu_$1" --config.train.num_epochs="$EPOCHS" "${extra[@]}" \
       > "$R/train_$1.log" 2>&1
     echo "train $1: exit $? after $((SECONDS - t0)) s" >> "$R/train_$1.log"
-    timeout -s ABRT 170 python3 bench/quality.py --workdir "runs/gpu_$1" --num_samples "$NUM" \
-      --batch_size 2500 --sweeps default --grids "$R/grid_$1" --json "$R/quality_$1.jsonl" \
+    timeout -s ABRT "${QUALITY_TIMEOUT:-240}" python3 bench/quality.py --workdir "runs/gpu_$1" --num_samples "$NUM" \
+      --batch_size 2500 --sweeps "$SWEEPS" --grids "$R/grid_$1" --json "$R/quality_$1.jsonl" \
       > "$R/quality_$1.log" 2>&1
     echo "quality $1: exit $? after $((SECONDS - t0)) s" >> "$R/quality_$1.log"
   }
