@@ -21,18 +21,22 @@ def _launch(*args, data_dir, cache_dir=None):
 
 
 def test_train_resume_sample_evaluate(real_data_dir, tmp_path):
-  workdir = str(tmp_path / "run")
+  workdir, cache = str(tmp_path / "run"), str(tmp_path / "cache")
   r = _launch("--config", "configs/mnist.py:smoke", "--workdir", workdir,
-              "--config.train.num_steps=20", data_dir=real_data_dir)
+              "--config.train.num_steps=20", data_dir=real_data_dir, cache_dir=cache)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "done at step 20" in r.stderr
   for name in ("config.json", "metrics.jsonl", "checkpoints"):
     assert os.path.exists(os.path.join(workdir, name))
-  r = _launch("--config", "configs/mnist.py:smoke", "--workdir", workdir, data_dir=real_data_dir)
+  # The compiled programs went to the persistent cache under the jaxddpm cache folder.
+  cached = os.listdir(os.path.join(cache, "xla"))
+  assert any(name.startswith("jit_chunk-") for name in cached), cached
+  r = _launch("--config", "configs/mnist.py:smoke", "--workdir", workdir,
+              data_dir=real_data_dir, cache_dir=cache)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "done at step 32" in r.stderr  # Resumed from 20, finished the 2 epochs.
+  assert "done at step 32" in r.stderr  # Resumed from 20 (programs from the cache).
   r = _launch("--mode=sample", "--workdir", workdir, "--labels=3,1,4", "--steps=4",
-              "--guidance_scale=2", "--seed=1", data_dir=real_data_dir)
+              "--guidance_scale=2", "--seed=1", data_dir=real_data_dir, cache_dir=cache)
   assert r.returncode == 0, r.stderr[-3000:]
   out = os.path.join(workdir, "samples", "sample_ddim4_g2_seed1")
   grid = images.read_png(out + ".png")
@@ -41,7 +45,7 @@ def test_train_resume_sample_evaluate(real_data_dir, tmp_path):
   assert npz["images"].shape == (3, 28, 28, 1) and npz["images"].dtype == np.uint8
   np.testing.assert_array_equal(npz["labels"], [3, 1, 4])
   r = _launch("--mode=pictures", "--workdir", workdir, "--labels=1,7", "--steps=4",
-              data_dir=real_data_dir)
+              data_dir=real_data_dir, cache_dir=cache)
   assert r.returncode == 0, r.stderr[-3000:]
   for name in ("forward.png", "reverse.png", "guidance.png", "curves.png"):
     img = images.read_png(os.path.join(workdir, "pictures", name))
@@ -50,7 +54,7 @@ def test_train_resume_sample_evaluate(real_data_dir, tmp_path):
   assert os.path.isfile(os.path.join(workdir, "samples", "sample_ddim4_g2_seed1_diagnostics.png"))
   # Evaluate: the :smoke config trains a tiny classifier into the cache first.
   r = _launch("--mode=evaluate", "--workdir", workdir, "--num_samples=30", "--quiet",
-              data_dir=real_data_dir, cache_dir=str(tmp_path / "cache"))
+              data_dir=real_data_dir, cache_dir=cache)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "conditional accuracy" in r.stderr and "eval.json" in r.stderr
   with open(os.path.join(workdir, "eval.json")) as f:
@@ -73,3 +77,9 @@ def test_bad_input_is_a_message_not_a_trace(real_data_dir, tmp_path):
   assert r.returncode != 0 and "unknown config variant" in r.stderr
   r = _launch("--mode=sample", "--workdir", str(tmp_path / "nothing"), data_dir=real_data_dir)
   assert r.returncode != 0 and "error:" in r.stderr and "Traceback" not in r.stderr
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a folder")
+  r = _launch("--mode=sample", "--workdir", str(tmp_path), f"--compile_cache={blocker}/xla",
+              data_dir=real_data_dir)
+  assert r.returncode != 0 and "cannot create the compilation cache folder" in r.stderr
+  assert "Traceback" not in r.stderr
