@@ -180,6 +180,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
           if (step // steps_per_epoch) % config.eval.every_epochs == 0:
             state, improved = _evaluate_samples(evaluator, sampler, state, config, root_key,
                                                 log, step)
+        # The epoch-end updates ran eagerly and left some leaves placed on one device,
+        # not replicated over the mesh: the next chunk call would compile again.
+        state = parallel.replicate(state, mesh)
         _timed_save(ckpt, log, state, step, best=improved)
       elif must_save:
         _timed_save(ckpt, log, state, step)
