@@ -87,8 +87,7 @@ def bench_train(c, batch: int, iters: int, sharded: bool = False, k: int = 1,
   key = jax.random.key(1)
   lowered = step.lower(state, data, key)
   flops = _flops(lowered)  # Global: counted before the program is split over devices.
-  out = dict(gflop_img=flops / batch / 1e9, img_s=float("nan"), compile_s=float("nan"),
-             params=state.ema_params)
+  out = dict(gflop_img=flops / batch / 1e9, img_s=float("nan"), compile_s=float("nan"))
   if not (chunk_only and k > 1):
     t0 = time.perf_counter()
     compiled = lowered.compile()
@@ -100,6 +99,8 @@ def bench_train(c, batch: int, iters: int, sharded: bool = False, k: int = 1,
       state, m = compiled(state, data, key)
     jax.block_until_ready(m)
     out["img_s"] = batch * iters / (time.perf_counter() - t0)
+  # The step donates the state: params for sampling come from the last result.
+  out["params"] = state.ema_params
   if k > 1:
     # The chunk donates the state: the params for sampling come from its result.
     out["chunk_img_s"], out["params"], chunk_compile_s = _bench_chunk(
