@@ -29,6 +29,9 @@ flags.DEFINE_string("sampler", None, "sample/evaluate: ddim | ddpm | dpmpp_2m (d
 flags.DEFINE_integer("steps", None, "sample/evaluate: denoising steps (default: the config's).")
 flags.DEFINE_float("guidance_scale", None, "sample/evaluate: CFG scale (default: the config's).")
 flags.DEFINE_float("eta", None, "sample/evaluate: DDIM eta (default: the config's).")
+flags.DEFINE_string("guidance_interval", None, "sample/evaluate: 'LOW,HIGH' noise levels sigma "
+                    "between which CFG applies (conditional elsewhere), or 'all' (default: "
+                    "the config's).")
 flags.DEFINE_integer("seed", 0, "sample/evaluate: PRNG seed.")
 flags.DEFINE_enum("which", "best", ["best", "latest"], "sample/evaluate: which checkpoint.")
 flags.DEFINE_string("out", None, "sample: output path prefix (default workdir/samples/...); "
@@ -69,7 +72,8 @@ def main(argv):
       cli.train(FLAGS.config, workdir, quiet=FLAGS.quiet)
     else:
       sampling = dict(sampler=FLAGS.sampler, steps=FLAGS.steps,
-                      guidance_scale=FLAGS.guidance_scale, eta=FLAGS.eta, seed=FLAGS.seed,
+                      guidance_scale=FLAGS.guidance_scale, eta=FLAGS.eta,
+                      guidance_interval=FLAGS.guidance_interval, seed=FLAGS.seed,
                       which=FLAGS.which, out=FLAGS.out)
       if FLAGS.mode == "sample":
         cli.sample(workdir, labels=FLAGS.labels, num_per_class=FLAGS.num_per_class, **sampling)

@@ -11,8 +11,9 @@
 #   evaluated at its best checkpoint; the log shows its progress, and its Python
 #   stack if the timeout hit. Knobs: DATASETS, EPOCHS, K (steps per call; 8 is the
 #   default, ~90 steps/s against ~38 with 1), NO_AUTOTUNE=1, TRAIN_TIMEOUT; for
-#   bench/quality.py SWEEPS (e.g. default,guidance_fine: guidance 1, 1.5 and 2, at
-#   ~15-30 s each on the default UNet) and QUALITY_TIMEOUT.
+#   bench/quality.py SWEEPS (e.g. default,guidance_fine,guidance_interval: guidance
+#   1, 1.5 and 2, then guidance only for sigma in an interval, at ~15-30 s each on
+#   the default UNet) and QUALITY_TIMEOUT.
 #   Budget from the fifth session (docs/RESULTS.md): ~70 s to compile the train
 #   step (one chunk program for any K since then: the short chunk at an epoch's end
 #   runs it masked), ~60 s for the validation step, ~5-6 s per epoch end, ~45 s for

@@ -35,6 +35,12 @@ SWEEPS = {
     # target): guidance trades distance for accuracy.
     "guidance_fine": lambda c: [dict(sampler="ddim", steps=50, guidance_scale=s)
                                 for s in (1.0, 1.5, 2.0)],
+    # Guidance only at middle noise levels (Kynkäänniemi et al. 2024; (0.28, 5.42]
+    # is their EDM2 interval, in the same σ): less mode-seeking at high noise.
+    "guidance_interval": lambda c: [
+        dict(sampler="ddim", steps=50, guidance_scale=s, guidance_interval=iv)
+        for s, iv in ((2.0, (0.28, 5.42)), (3.0, (0.28, 5.42)), (2.0, (1.0, 1e9)),
+                      (2.0, (0.0, 1.0)))],
     "ddim_steps": lambda c: [dict(sampler="ddim", steps=s) for s in (10, 20, 50, 100, 250)],
     "dpm_steps": lambda c: [dict(sampler="dpmpp_2m", steps=s) for s in (10, 20)],
     "ddpm": lambda c: [dict(sampler="ddpm", steps=c.diffusion.num_timesteps)],
@@ -49,7 +55,7 @@ def _settings(config, sweeps):
       raise ValueError(f"unknown sweep {name!r}; choose from {sorted(SWEEPS)}.")
     for overrides in SWEEPS[name](config):
       full = dict(config.sampling, **overrides)
-      key = tuple(sorted(full.items()))
+      key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in full.items()))
       if key not in seen:
         seen.add(key)
         out.append(overrides)
@@ -118,14 +124,18 @@ def main():
     # (Unknown with a single batch: then the total includes compiling.)
     compile_s = max(times[0] - float(np.median(times[1:])), 0.0) if len(times) > 1 else None
     m = evaluator.evaluate(imgs, labels)
-    print(f"| {opts['sampler']} | {opts['steps']} | {opts['guidance_scale']:g} | "
+    interval = tuple(opts.get("guidance_interval") or ())
+    guidance = f"{opts['guidance_scale']:g}" + (
+        " for σ in ({:g}, {:g}]".format(*interval) if interval else "")
+    print(f"| {opts['sampler']} | {opts['steps']} | {guidance} | "
           f"{m['conditional_accuracy']:.4f} | {m['frechet_distance']:.3f} | "
           f"{m['precision']:.3f} | {m['recall']:.3f} | {seconds:.0f} "
           f"({'-' if compile_s is None else f'{compile_s:.0f}'}) |",
           flush=True)
     if args.grids:
       per_class = np.concatenate([imgs[labels == c][:10] for c in range(config.data.num_classes)])
-      name = f"{opts['sampler']}{opts['steps']}_g{opts['guidance_scale']:g}.png"
+      name = f"{opts['sampler']}{opts['steps']}_g{opts['guidance_scale']:g}" + (
+          "_i{:g}-{:g}".format(*interval) if interval else "") + ".png"
       images.write_png(os.path.join(args.grids, name),
                        images.class_grid(per_class.astype(np.float32) / 127.5 - 1.0,
                                          config.data.num_classes))

@@ -53,6 +53,9 @@ def get_config(arg=None):
   sampling.steps = 50  # Denoising steps (respaced); 1..T. DDPM is best at T.
   sampling.eta = 0.0  # DDIM noise: 0 deterministic, 1 ≈ DDPM.
   sampling.guidance_scale = 2.0  # CFG scale s: 0 uncond, 1 cond, >1 stronger; 1-5.
+  # () guides every step; (lo, hi) only where the noise level sigma = sqrt((1-ᾱ)/ᾱ)
+  # is in (lo, hi], conditional elsewhere (Kynkäänniemi et al. 2024).
+  sampling.guidance_interval = ()
   sampling.clip_x0 = True  # Clip predicted x_0 to [-1, 1]: what keeps sampling stable.
   sampling.variance = "small"  # DDPM variance: small (β̃_t) | large (β_t).
 

@@ -62,9 +62,30 @@ def parse_labels(labels: str, num_classes: int, num_per_class: int) -> np.ndarra
   return out
 
 
+def parse_interval(text: str | None):
+  """--guidance_interval: None (the config's), 'all' (every step: ()), or 'LOW,HIGH'."""
+  if text is None:
+    return None
+  if text.strip().lower() in ("all", ""):
+    return ()
+  try:
+    low, high = (float(v) for v in text.split(","))
+  except ValueError:
+    raise ValueError(f"--guidance_interval must be 'all' or two noise levels 'LOW,HIGH' "
+                     f"(e.g. 0.3,5), got {text!r}.") from None
+  return (low, high)
+
+
+def sampling_overrides(**options) -> dict:
+  """The sampling options a user gave (None = the config's), as make_sampler overrides."""
+  if isinstance(options.get("guidance_interval"), str):
+    options["guidance_interval"] = parse_interval(options["guidance_interval"])
+  return {k: v for k, v in options.items() if v is not None}
+
+
 def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sampler=None,
-           steps=None, guidance_scale=None, eta=None, seed: int = 0, which: str = "best",
-           out: str | None = None) -> tuple[str, str, str]:
+           steps=None, guidance_scale=None, eta=None, guidance_interval=None, seed: int = 0,
+           which: str = "best", out: str | None = None) -> tuple[str, str, str]:
   """Samples from a workdir's checkpoint; writes a PNG grid, an .npz and a PNG of
   the sampler's per-step statistics (warning loudly if it diverged). Returns paths."""
   from jaxddpm import checkpoint, diagnostics, images, sampling
@@ -72,14 +93,15 @@ def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sample
   if config.data.conditioning != "class":
     raise ValueError("launch.py samples class-conditional models; for attribute models "
                      "call make_sampler(config)(params, key, attrs) with float [B, K] attrs.")
-  overrides = {k: v for k, v in dict(sampler=sampler, steps=steps,
-                                     guidance_scale=guidance_scale, eta=eta).items()
-               if v is not None}
+  overrides = sampling_overrides(sampler=sampler, steps=steps, guidance_scale=guidance_scale,
+                                 eta=eta, guidance_interval=guidance_interval)
   sample_fn = sampling.make_sampler(config, with_stats=True, **overrides)
   label_array = parse_labels(labels, config.data.num_classes, num_per_class)
   x, stats = jax.device_get(sample_fn(params, jax.random.key(seed), label_array))
   opts = dict(config.sampling, **overrides)
   name = f"{opts['sampler']}{opts['steps']}_g{opts['guidance_scale']:g}"
+  if opts.get("guidance_interval"):
+    name += "_i{:g}-{:g}".format(*opts["guidance_interval"])
   if out is None:
     out = os.path.join(workdir, "samples", f"sample_{name}_seed{seed}")
   rows = config.data.num_classes if labels == "all" else 1
@@ -95,15 +117,14 @@ def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sample
 
 
 def evaluate(workdir: str, *, num_samples=None, sampler=None, steps=None, guidance_scale=None,
-             eta=None, seed: int = 0, which: str = "best", out: str | None = None,
-             quiet: bool = False) -> dict:
+             eta=None, guidance_interval=None, seed: int = 0, which: str = "best",
+             out: str | None = None, quiet: bool = False) -> dict:
   """Scores a checkpoint's samples (jaxddpm/evaluate.py); writes eval.json."""
   from jaxddpm import evaluate as evaluate_lib
   if num_samples is not None and num_samples < 2:
     raise ValueError(f"--num_samples must be >= 2, got {num_samples}.")
-  overrides = {k: v for k, v in dict(sampler=sampler, steps=steps,
-                                     guidance_scale=guidance_scale, eta=eta).items()
-               if v is not None}
+  overrides = sampling_overrides(sampler=sampler, steps=steps, guidance_scale=guidance_scale,
+                                 eta=eta, guidance_interval=guidance_interval)
   result = evaluate_lib.evaluate_checkpoint(workdir, num_samples=num_samples, which=which,
                                             seed=seed, out=out, quiet=quiet, **overrides)
   m, f = result["metrics"], result["floor"]
@@ -115,15 +136,14 @@ def evaluate(workdir: str, *, num_samples=None, sampler=None, steps=None, guidan
 
 
 def pictures(workdir: str, *, labels: str = "all", pictures=None, sampler=None, steps=None,
-             guidance_scale=None, eta=None, seed: int = 0, which: str = "best",
-             out: str | None = None) -> list[str]:
+             guidance_scale=None, eta=None, guidance_interval=None, seed: int = 0,
+             which: str = "best", out: str | None = None) -> list[str]:
   """Forward / reverse strips, reverse GIF, guidance sweep, training curves."""
   from jaxddpm import checkpoint, pictures as pictures_lib
   config = checkpoint.load_config(workdir)
   label_array = parse_labels(labels, min(config.data.num_classes, 10), 1)
-  overrides = {k: v for k, v in dict(sampler=sampler, steps=steps,
-                                     guidance_scale=guidance_scale, eta=eta).items()
-               if v is not None}
+  overrides = sampling_overrides(sampler=sampler, steps=steps, guidance_scale=guidance_scale,
+                                 eta=eta, guidance_interval=guidance_interval)
   paths = pictures_lib.write_all(workdir, out or os.path.join(workdir, "pictures"),
                                  which=which, labels=label_array, seed=seed,
                                  pictures=pictures or pictures_lib.PICTURES, **overrides)

@@ -101,7 +101,9 @@ def guidance_sweep(config, params, labels, key: jax.Array,
     denoise, guided = sampling.make_denoisers(model, params)
     one = lambda s: sampling.sample_loop(
         denoise, schedule, key, labels, shape, sampler=opts["sampler"], steps=opts["steps"],
-        eta=opts["eta"], guidance_scale=s, prediction=config.diffusion.prediction,
+        eta=opts["eta"], guidance_scale=s,
+        guidance_interval=tuple(opts.get("guidance_interval") or ()),
+        prediction=config.diffusion.prediction,
         clip_x0=opts["clip_x0"], variance=opts["variance"], guided_fn=guided)
     return jax.vmap(one)(scales)
 

@@ -49,7 +49,8 @@ def guided_prediction(denoise_fn: DenoiseFn, x_t, t_B, labels, guidance_scale,
 
 
 def check_options(*, sampler: str, steps: int, num_train_steps: int, eta: float,
-                  guidance_scale, prediction: str, variance: str) -> None:
+                  guidance_scale, prediction: str, variance: str,
+                  guidance_interval=()) -> None:
   """ValueError for any sampler option a user can get wrong."""
   if sampler not in SAMPLERS:
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
@@ -63,6 +64,29 @@ def check_options(*, sampler: str, steps: int, num_train_steps: int, eta: float,
   if isinstance(guidance_scale, (int, float)) and not guidance_scale >= 0:
     raise ValueError(f"guidance_scale must be >= 0 (1 = conditional, 0 = unconditional), "
                      f"got {guidance_scale}.")
+  interval = tuple(guidance_interval or ())
+  if interval and not (len(interval) == 2
+                       and all(isinstance(v, (int, float, np.integer, np.floating))
+                               and not isinstance(v, bool) for v in interval)
+                       and 0 <= interval[0] < interval[1]):
+    raise ValueError(f"guidance_interval must be () (guidance at every step) or two noise "
+                     f"levels (sigma_low, sigma_high) with 0 <= sigma_low < sigma_high, got "
+                     f"{guidance_interval!r}.")
+
+
+def guided_steps(alpha_bars, guidance_interval) -> np.ndarray:
+  """bool [S]: which steps apply guidance, given their ᾱ. The interval is in the
+  noise level σ = sqrt((1-ᾱ)/ᾱ) (x_t/sqrt(ᾱ) = x_0 + σ·ε, the EDM σ), so it means
+  the same for any schedule and step count: guidance where σ_low < σ <= σ_high
+  (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval"); the
+  conditional prediction (s = 1) elsewhere. () guides every step."""
+  ab = np.asarray(alpha_bars, np.float64)
+  if not guidance_interval:
+    return np.ones(ab.shape, bool)
+  lo, hi = guidance_interval
+  with np.errstate(divide="ignore"):
+    sigma = np.sqrt((1.0 - ab) / ab)  # +inf where ᾱ = 0 (zero terminal SNR).
+  return (sigma > lo) & (sigma <= hi)
 
 
 def dpm_solver_coefficients(alpha_bars) -> dict[str, np.ndarray]:
@@ -117,6 +141,7 @@ def sample_loop(
     steps: int = 50,
     eta: float = 0.0,
     guidance_scale=1.0,
+    guidance_interval=(),
     prediction: str = "eps",
     clip_x0: bool = True,
     variance: str = "small",
@@ -139,6 +164,9 @@ def sample_loop(
     steps: number of denoising steps, 1..T.
     eta: DDIM stochasticity.
     guidance_scale: CFG scale s >= 0; may be a traced scalar (for vmap sweeps).
+    guidance_interval: () to guide every step, or (σ_low, σ_high): guide only the
+      steps whose noise level σ = sqrt((1-ᾱ)/ᾱ) is in (σ_low, σ_high] and use the
+      conditional prediction at the others (one network pass there, not two).
     prediction: what denoise_fn predicts: "eps", "x0" or "v".
     clip_x0: clip x̂_0 to [-1, 1] and re-derive ε̂ from it.
     variance: DDPM variance, "small" (β̃_t) or "large" (β_t).
@@ -155,7 +183,8 @@ def sample_loop(
     "x_t" and "x0_pred" [S, B, H, W, C].
   """
   check_options(sampler=sampler, steps=steps, num_train_steps=schedule.num_steps, eta=eta,
-                guidance_scale=guidance_scale, prediction=prediction, variance=variance)
+                guidance_scale=guidance_scale, prediction=prediction, variance=variance,
+                guidance_interval=guidance_interval)
   if len(shape) != 3:
     raise ValueError(f"shape must be one image's (H, W, C), got {shape}.")
   labels = jnp.asarray(labels)
@@ -177,13 +206,26 @@ def sample_loop(
   needs_noise = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
   dpm = ({k: jnp.asarray(v) for k, v in dpm_solver_coefficients(sched.alpha_bars).items()}
          if sampler == "dpmpp_2m" else None)
+  guided = guided_steps(sched.alpha_bars, guidance_interval)
+
+  def predict(x_t, t_B, i):
+    # float32 both: the branches of a lax.cond must agree (bf16 models, traced s).
+    full = lambda: guided_prediction(  # noqa: E731
+        denoise_fn, x_t, t_B, labels, guidance_scale, guided_fn).astype(jnp.float32)
+    cond = lambda: guided_prediction(  # noqa: E731
+        denoise_fn, x_t, t_B, labels, 1).astype(jnp.float32)
+    if guided.all() or (isinstance(guidance_scale, (int, float)) and guidance_scale == 1):
+      return full()
+    if not guided.any():
+      return cond()
+    # A cond, not a select: the steps outside the interval skip the second pass.
+    return jax.lax.cond(jnp.asarray(guided)[i], full, cond)
 
   def body(carry, i):
     x_t, x0_last = carry  # x0_last: the previous step's x̂_0 (DPM-Solver++ history).
     t_B = jnp.full((B,), sched.timesteps[i])
     ab_B = jnp.full((B,), sched.alpha_bars[i])
-    pred = guided_prediction(denoise_fn, x_t, t_B, labels, guidance_scale, guided_fn)
-    x0, eps = diffusion.to_x0_eps(pred.astype(jnp.float32), x_t, ab_B, prediction)
+    x0, eps = diffusion.to_x0_eps(predict(x_t, t_B, i), x_t, ab_B, prediction)
     clip_fraction = jnp.mean((jnp.abs(x0) > 1.0).astype(jnp.float32))
     if clip_x0:
       x0 = jnp.clip(x0, -1.0, 1.0)
@@ -249,10 +291,12 @@ def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = Fa
   schedule = schedules_lib.from_config(config.diffusion)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   num_classes = config.data.num_classes
+  opts["guidance_interval"] = tuple(opts.get("guidance_interval") or ())  # JSON: a list.
   check_options(sampler=opts["sampler"], steps=opts["steps"],
                 num_train_steps=schedule.num_steps, eta=opts["eta"],
                 guidance_scale=opts["guidance_scale"],
-                prediction=config.diffusion.prediction, variance=opts["variance"])
+                prediction=config.diffusion.prediction, variance=opts["variance"],
+                guidance_interval=opts["guidance_interval"])
 
   mesh = parallel.make_mesh()
   n_devices = mesh.devices.size
@@ -263,7 +307,8 @@ def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = Fa
     return sample_loop(
         denoise_fn, schedule, key, labels, shape,
         sampler=opts["sampler"], steps=opts["steps"], eta=opts["eta"],
-        guidance_scale=opts["guidance_scale"], prediction=config.diffusion.prediction,
+        guidance_scale=opts["guidance_scale"], guidance_interval=opts["guidance_interval"],
+        prediction=config.diffusion.prediction,
         clip_x0=opts["clip_x0"], variance=opts["variance"], return_stats=with_stats,
         return_trajectory=with_trajectory,
         batch_sharding=parallel.batch_sharding(mesh) if sharded else None,

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from jaxddpm import images
 
@@ -38,6 +39,16 @@ def test_train_resume_sample_evaluate(real_data_dir, tmp_path):
   r = _launch("--mode=sample", "--workdir", workdir, "--labels=3,1,4", "--steps=4",
               "--guidance_scale=2", "--seed=1", data_dir=real_data_dir, cache_dir=cache)
   assert r.returncode == 0, r.stderr[-3000:]
+  # Guidance in an interval, over the config.json of a workdir (which stores a list).
+  r = _launch("--mode=sample", "--workdir", workdir, "--labels=3", "--steps=4",
+              "--guidance_scale=2", "--guidance_interval=0.5,20", "--seed=1",
+              data_dir=real_data_dir, cache_dir=cache)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert os.path.isfile(os.path.join(workdir, "samples", "sample_ddim4_g2_i0.5-20_seed1.png"))
+  r = _launch("--mode=sample", "--workdir", workdir, "--guidance_interval=3,1",
+              data_dir=real_data_dir, cache_dir=cache)
+  assert r.returncode != 0 and "error: guidance_interval must be" in r.stderr
+  assert "Traceback" not in r.stderr
   out = os.path.join(workdir, "samples", "sample_ddim4_g2_seed1")
   grid = images.read_png(out + ".png")
   assert grid.ndim == 3 and grid.std() > 0
@@ -45,7 +56,7 @@ def test_train_resume_sample_evaluate(real_data_dir, tmp_path):
   assert npz["images"].shape == (3, 28, 28, 1) and npz["images"].dtype == np.uint8
   np.testing.assert_array_equal(npz["labels"], [3, 1, 4])
   r = _launch("--mode=pictures", "--workdir", workdir, "--labels=1,7", "--steps=4",
-              data_dir=real_data_dir, cache_dir=cache)
+              "--guidance_interval=0.5,20", data_dir=real_data_dir, cache_dir=cache)
   assert r.returncode == 0, r.stderr[-3000:]
   for name in ("forward.png", "reverse.png", "guidance.png", "curves.png"):
     img = images.read_png(os.path.join(workdir, "pictures", name))
@@ -83,3 +94,16 @@ def test_bad_input_is_a_message_not_a_trace(real_data_dir, tmp_path):
               data_dir=real_data_dir)
   assert r.returncode != 0 and "cannot create the compilation cache folder" in r.stderr
   assert "Traceback" not in r.stderr
+
+
+def test_guidance_interval_flag_parsing():
+  from jaxddpm import cli
+  assert cli.parse_interval(None) is None
+  assert cli.parse_interval("all") == ()
+  assert cli.parse_interval("0.28,5.42") == (0.28, 5.42)
+  with pytest.raises(ValueError, match="two noise levels"):
+    cli.parse_interval("0.3")
+  with pytest.raises(ValueError, match="two noise levels"):
+    cli.parse_interval("low,high")
+  assert cli.sampling_overrides(steps=None, guidance_interval="1,2") == {
+      "guidance_interval": (1.0, 2.0)}

@@ -116,6 +116,85 @@ def test_cfg_mean_moves_as_closed_form():
   assert np.abs(expected - MUS.reshape(K, -1) * 0.3).max() > 20 * std / np.sqrt(N)
 
 
+def _affine_cfg_denoiser(schedule):
+  """Conditional N(0.3 mu_c, σ²) and unconditional N(mu_u, σ²): both affine in x_t
+  with the same slope, so any per-step mix of guided and conditional steps has a
+  mean that a scalar recursion computes exactly (`_interval_mean`)."""
+  mu_u = np.full(SHAPE, 0.1, np.float32)
+  den = gaussian_denoiser(schedule.alpha_bars, MUS * 0.3, SIGMA, "eps", uncond_mean_HWC=mu_u)
+  return den, mu_u
+
+
+def _interval_mean(schedule, steps, scale, guided, mu_c, mu_u):
+  """Exact mean of DDIM (eta 0, no clipping) samples when step i (from the noisiest)
+  uses the data mean m = mu_u + s(mu_c - mu_u) if guided[i] else mu_c: the exact
+  x̂_0 = m + (aσ²/r²)(x_t - a m) is affine, so the mean of x_t follows the same steps."""
+  sched = schedules.respace(schedule, steps)
+  ab = np.asarray(sched.alpha_bars, np.float64)[::-1]
+  ab_prev = np.asarray(sched.alpha_bars_prev, np.float64)[::-1]
+  mean = np.zeros_like(mu_c, np.float64)
+  for i in range(steps):
+    m = mu_u + scale * (mu_c - mu_u) if guided[i] else mu_c
+    a, r2 = np.sqrt(ab[i]), ab[i] * SIGMA**2 + 1 - ab[i]
+    x0 = m + a * SIGMA**2 / r2 * (mean - a * m)
+    eps = (mean - a * x0) / np.sqrt(1 - ab[i])
+    mean = np.sqrt(ab_prev[i]) * x0 + np.sqrt(1 - ab_prev[i]) * eps
+  return mean
+
+
+def test_guidance_interval_guides_exactly_the_steps_in_it():
+  """Guidance only where σ = sqrt((1-ᾱ)/ᾱ) is in (low, high]. Both denoisers are
+  affine in x_t with the same slope, so with DDIM (eta 0) each sample is
+  c·x_T + b, with the same c whichever steps are guided and b the exact mean of
+  that mix of guided and conditional steps: differences between runs from the same
+  x_T must equal differences of `_interval_mean`, with no sampling error."""
+  schedule, steps, scale, interval = SCHEDULES["cosine"], 50, 3.0, (0.5, 3.0)
+  den, mu_u = _affine_cfg_denoiser(schedule)
+  run = lambda **kw: np.asarray(sampling.sample_loop(  # noqa: E731
+      den, schedule, jax.random.key(2), LABELS, SHAPE, sampler="ddim", steps=steps,
+      clip_x0=False, **kw)).reshape(K, N, -1)
+  x = run(guidance_scale=scale, guidance_interval=interval)
+  x_every, x_none = run(guidance_scale=scale), run(guidance_scale=1.0)
+  ab = np.asarray(schedules.respace(schedule, steps).alpha_bars, np.float64)[::-1]
+  sigma = np.sqrt((1 - ab) / ab)
+  guided = (sigma > interval[0]) & (sigma <= interval[1])
+  assert 5 < guided.sum() < steps - 5  # A real mix, in the middle of the schedule.
+  mu_c = (MUS * 0.3).reshape(K, -1).astype(np.float64)
+  mu_u = mu_u.reshape(1, -1)
+  expected = _interval_mean(schedule, steps, scale, guided, mu_c, mu_u)
+  every = _interval_mean(schedule, steps, scale, np.ones(steps, bool), mu_c, mu_u)
+  none = _interval_mean(schedule, steps, scale, np.zeros(steps, bool), mu_c, mu_u)
+  np.testing.assert_allclose(x - x_every, np.broadcast_to((expected - every)[:, None], x.shape),
+                             atol=2e-4)
+  np.testing.assert_allclose(x - x_none, np.broadcast_to((expected - none)[:, None], x.shape),
+                             atol=2e-4)
+  # One guided step more or less at either end would be seen (and the mix is neither end).
+  for shifted in (np.roll(guided, 1), np.roll(guided, -1)):
+    other = _interval_mean(schedule, steps, scale, shifted, mu_c, mu_u)
+    assert np.abs(other - expected).max() > 10 * 2e-4
+  assert np.abs(expected - every).max() > 0.1 and np.abs(expected - none).max() > 0.1
+  # The recursion itself: guiding every step gives CFG's closed-form mean (up to the
+  # start at mean 0 instead of sqrt(ᾱ_T)·m, ~1e-5 here).
+  np.testing.assert_allclose(every, mu_u + scale * (mu_c - mu_u), atol=1e-4)
+
+
+def test_guidance_interval_endpoints():
+  """An interval holding every step's σ is plain CFG; one holding none is s = 1.
+  A traced scale (the picture sweeps vmap it) gives the same as a Python one."""
+  schedule = SCHEDULES["linear"]
+  den, _ = _affine_cfg_denoiser(schedule)
+  run = lambda **kw: np.asarray(sampling.sample_loop(  # noqa: E731
+      den, schedule, jax.random.key(3), LABELS, SHAPE, sampler="ddim", steps=20, **kw))
+  plain = run(guidance_scale=2.5)
+  np.testing.assert_array_equal(run(guidance_scale=2.5, guidance_interval=(0.0, 1e9)), plain)
+  np.testing.assert_allclose(run(guidance_scale=2.5, guidance_interval=(1e8, 1e9)),
+                             run(guidance_scale=1.0), atol=1e-6)
+  mixed = run(guidance_scale=2.5, guidance_interval=(0.5, 3.0))
+  np.testing.assert_allclose(run(guidance_scale=jnp.float32(2.5), guidance_interval=(0.5, 3.0)),
+                             mixed, atol=1e-5)
+  assert np.abs(mixed - plain).max() > 0.01
+
+
 def test_same_key_same_samples_different_key_different():
   schedule = SCHEDULES["linear"]
   kw = dict(sampler="ddpm", steps=100)
@@ -153,6 +232,9 @@ def test_zero_terminal_snr_v_prediction_samples_data():
     (dict(prediction="score"), "prediction"),
     (dict(variance="medium"), "variance"),
     (dict(eta=-0.5), "eta"),
+    (dict(guidance_interval=(3.0, 1.0)), "guidance_interval"),
+    (dict(guidance_interval=(-1.0, 1.0)), "guidance_interval"),
+    (dict(guidance_interval=(1.0,)), "guidance_interval"),
 ])
 def test_bad_options_are_value_errors(kw, match):
   schedule = SCHEDULES["linear"]
@@ -197,6 +279,12 @@ def test_make_sampler_end_to_end(tiny_config):
     sampling.make_sampler(tiny_config, guidance_scale=-1.0)
   with pytest.raises(ValueError, match="steps"):
     sampling.make_sampler(tiny_config, steps=101)
+  with pytest.raises(ValueError, match="guidance_interval"):
+    sampling.make_sampler(tiny_config, guidance_interval=(2.0, 1.0))
+  # A workdir's config.json stores the interval as a list.
+  tiny_config.sampling.guidance_interval = ()
+  listed = sampling.make_sampler(tiny_config, guidance_scale=3.0, guidance_interval=[0.5, 20.0])
+  assert listed(params, jax.random.key(0), [0, 1]).shape == (2, 8, 8, 1)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
