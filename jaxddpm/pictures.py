@@ -102,7 +102,7 @@ def guidance_sweep(config, params, labels, key: jax.Array,
     one = lambda s: sampling.sample_loop(
         denoise, schedule, key, labels, shape, sampler=opts["sampler"], steps=opts["steps"],
         eta=opts["eta"], guidance_scale=s,
-        guidance_interval=tuple(opts.get("guidance_interval") or ()),
+        guidance_interval=opts.get("guidance_interval", ()),  # sample_loop takes a list too.
         prediction=config.diffusion.prediction,
         clip_x0=opts["clip_x0"], variance=opts["variance"], guided_fn=guided)
     return jax.vmap(one)(scales)
