@@ -5,6 +5,8 @@
   python launch.py --mode=sample --workdir runs/mnist_cpu --labels=3,3,7 --guidance_scale=3
   python launch.py --mode=evaluate --workdir runs/mnist_cpu --num_samples=1000  # eval.json
   python launch.py --mode=pictures --workdir runs/mnist_cpu --labels=0,3,8  # PNGs and a GIF
+  python launch.py --mode=evaluate --workdir runs/mnist_cpu --guide_workdir runs/mnist_guide \
+      --guidance_scale=2.5                                      # autoguidance
 """
 
 import os
@@ -32,6 +34,9 @@ flags.DEFINE_float("eta", None, "sample/evaluate: DDIM eta (default: the config'
 flags.DEFINE_string("guidance_interval", None, "sample/evaluate: 'LOW,HIGH' noise levels sigma "
                     "between which CFG applies (conditional elsewhere), or 'all' (default: "
                     "the config's).")
+flags.DEFINE_string("guide_workdir", None, "sample/evaluate/pictures: guide with this run's "
+                    "(smaller, shorter-trained) model instead of the unconditional prediction: "
+                    "autoguidance; '' for CFG (default: the config's).")
 flags.DEFINE_integer("seed", 0, "sample/evaluate: PRNG seed.")
 flags.DEFINE_enum("which", "best", ["best", "latest"], "sample/evaluate: which checkpoint.")
 flags.DEFINE_string("out", None, "sample: output path prefix (default workdir/samples/...); "
@@ -73,7 +78,8 @@ def main(argv):
     else:
       sampling = dict(sampler=FLAGS.sampler, steps=FLAGS.steps,
                       guidance_scale=FLAGS.guidance_scale, eta=FLAGS.eta,
-                      guidance_interval=FLAGS.guidance_interval, seed=FLAGS.seed,
+                      guidance_interval=FLAGS.guidance_interval,
+                      guide_workdir=FLAGS.guide_workdir, seed=FLAGS.seed,
                       which=FLAGS.which, out=FLAGS.out)
       if FLAGS.mode == "sample":
         cli.sample(workdir, labels=FLAGS.labels, num_per_class=FLAGS.num_per_class, **sampling)

@@ -9,6 +9,9 @@
 # training at most, then 7 settings of 10,000 samples at ~25-30 s each):
 #   STEPS=quality DATASETS=fmnist EPOCHS=15 TRAIN_TIMEOUT=300 QUALITY_TIMEOUT=270 \
 #     SWEEPS=default,guidance_fine,guidance_interval bash bench/gpu_check.sh
+# or, for autoguidance within the same limit (~250 s model, ~150 s guide, 4 settings):
+#   STEPS=quality DATASETS=mnist EPOCHS=15 TRAIN_TIMEOUT=250 GUIDE=1 GUIDE_TIMEOUT=150 \
+#     QUALITY_TIMEOUT=180 SWEEPS=default bash bench/gpu_check.sh
 #
 # quality: the default (GPU) configs of DATASETS (side by side on the one GPU when
 #   several), bf16 compute, in-training evaluation off, then bench/quality.py on each
@@ -18,7 +21,10 @@
 #   default, ~90 steps/s against ~38 with 1), NO_AUTOTUNE=1, TRAIN_TIMEOUT; for
 #   bench/quality.py SWEEPS (e.g. default,guidance_fine,guidance_interval: guidance
 #   1, 1.5 and 2, then guidance only for sigma in an interval, at ~15-30 s each on
-#   the default UNet) and QUALITY_TIMEOUT.
+#   the default UNet) and QUALITY_TIMEOUT. GUIDE=1 also trains an autoguidance
+#   guide after each model (the same config at half the width, GUIDE_EPOCHS epochs,
+#   default max(1, EPOCHS/4), within GUIDE_TIMEOUT s) and adds the autoguidance
+#   sweep (guidance 2, 2.5 and 3 with that guide) to SWEEPS.
 #   Budget from the fifth session (docs/RESULTS.md): ~70 s to compile the train
 #   step (one chunk program for any K since then: the short chunk at an epoch's end
 #   runs it masked), ~60 s for the validation step, ~5-6 s per epoch end, ~45 s for
@@ -75,9 +81,19 @@ if want quality; then
       --workdir "runs/gpu_$1" --config.train.num_epochs="$EPOCHS" "${extra[@]}" \
       > "$R/train_$1.log" 2>&1
     echo "train $1: exit $? after $((SECONDS - t0)) s" >> "$R/train_$1.log"
+    local sweeps="$SWEEPS" guide=()
+    if [[ -n "${GUIDE:-}" ]]; then  # Autoguidance: a half-width model trained for less.
+      local width="$(python3 -c "from configs import $1; print($1.get_config('${variant#:}' or None).model.base_channels // 2)")"
+      timeout -s ABRT "${GUIDE_TIMEOUT:-150}" python3 launch.py --config "configs/$1.py$variant" \
+        --workdir "runs/gpu_$1_guide" --config.model.base_channels="$width" \
+        --config.train.num_epochs="${GUIDE_EPOCHS:-$(( EPOCHS / 4 > 0 ? EPOCHS / 4 : 1 ))}" \
+        "${extra[@]}" > "$R/guide_$1.log" 2>&1
+      echo "guide $1: exit $? after $((SECONDS - t0)) s" >> "$R/guide_$1.log"
+      sweeps="$sweeps,autoguidance" guide=(--guide_workdir "runs/gpu_$1_guide")
+    fi
     timeout -s ABRT "${QUALITY_TIMEOUT:-240}" python3 bench/quality.py --workdir "runs/gpu_$1" --num_samples "$NUM" \
-      --batch_size 2500 --sweeps "$SWEEPS" --grids "$R/grid_$1" --json "$R/quality_$1.jsonl" \
-      > "$R/quality_$1.log" 2>&1
+      --batch_size 2500 --sweeps "$sweeps" "${guide[@]}" --grids "$R/grid_$1" \
+      --json "$R/quality_$1.jsonl" > "$R/quality_$1.log" 2>&1
     echo "quality $1: exit $? after $((SECONDS - t0)) s" >> "$R/quality_$1.log"
   }
   echo "== quality: default configs ($DATASETS), bf16, $EPOCHS epochs, then $NUM samples"

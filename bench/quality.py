@@ -28,32 +28,37 @@ import numpy as np  # noqa: E402
 from jaxddpm import checkpoint, evaluate, images, sampling  # noqa: E402
 
 SWEEPS = {
-    "default": lambda c: [{}],
-    "guidance": lambda c: [dict(sampler="ddim", steps=50, guidance_scale=s)
+    "default": lambda c, guide: [{}],
+    # Autoguidance (Karras et al. 2024) by --guide_workdir's model, around the
+    # scales that did best on the :cpu models (docs/RESULTS.md).
+    "autoguidance": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=s,
+                                           guide_workdir=guide) for s in (2.0, 2.5, 3.0)],
+    "guidance": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=s)
                            for s in (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)],
     # Around the default, for the Frechet distance of strong models (issue 4's GPU
     # target): guidance trades distance for accuracy.
-    "guidance_fine": lambda c: [dict(sampler="ddim", steps=50, guidance_scale=s)
+    "guidance_fine": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=s)
                                 for s in (1.0, 1.5, 2.0)],
     # Guidance only at middle noise levels (Kynkäänniemi et al. 2024; (0.28, 5.42]
     # is their EDM2 interval, in the same σ): less mode-seeking at high noise.
-    "guidance_interval": lambda c: [
+    "guidance_interval": lambda c, guide: [
         dict(sampler="ddim", steps=50, guidance_scale=s, guidance_interval=iv)
         for s, iv in ((2.0, (0.28, 5.42)), (3.0, (0.28, 5.42)), (2.0, (1.0, 1e9)),
                       (2.0, (0.0, 1.0)))],
-    "ddim_steps": lambda c: [dict(sampler="ddim", steps=s) for s in (10, 20, 50, 100, 250)],
-    "dpm_steps": lambda c: [dict(sampler="dpmpp_2m", steps=s) for s in (10, 20)],
-    "ddpm": lambda c: [dict(sampler="ddpm", steps=c.diffusion.num_timesteps)],
+    "ddim_steps": lambda c, guide: [dict(sampler="ddim", steps=s) for s in (10, 20, 50, 100, 250)],
+    "dpm_steps": lambda c, guide: [dict(sampler="dpmpp_2m", steps=s) for s in (10, 20)],
+    "ddpm": lambda c, guide: [dict(sampler="ddpm", steps=c.diffusion.num_timesteps)],
 }
 
 
-def _settings(config, sweeps):
-  """Full sampler settings for the requested sweeps, without duplicates."""
+def _settings(config, sweeps, guide: str = ""):
+  """Full sampler settings for the requested sweeps, without duplicates (`guide`:
+  the autoguidance sweep's guide workdir)."""
   seen, out = set(), []
   for name in sweeps:
     if name not in SWEEPS:
       raise ValueError(f"unknown sweep {name!r}; choose from {sorted(SWEEPS)}.")
-    for overrides in SWEEPS[name](config):
+    for overrides in SWEEPS[name](config, guide):
       full = dict(config.sampling, **overrides)
       key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in full.items()))
       if key not in seen:
@@ -90,7 +95,13 @@ def main():
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--grids", default="", help="folder for a 10-per-class grid per setting")
   p.add_argument("--json", default="", help="append one JSON line per setting here")
+  p.add_argument("--guide_workdir", default="", help="the guide model of the autoguidance "
+                 "sweep (a smaller, shorter-trained run on the same data and diffusion)")
   args = p.parse_args()
+  sweeps = args.sweeps.split(",")
+  if "autoguidance" in sweeps and not args.guide_workdir:
+    raise SystemExit("error: the autoguidance sweep needs --guide_workdir (train a guide first: "
+                     "README, 'Autoguidance').")
 
   train_seconds = _train_if_needed(args.config, args.workdir)
   config, params = checkpoint.load_checkpoint(args.workdir, which=args.which)
@@ -112,8 +123,8 @@ def main():
   print(f"| real train images (floor) | - | - | {f['conditional_accuracy']:.4f} | "
         f"{f['frechet_distance']:.3f} | {f['precision']:.3f} | {f['recall']:.3f} | - |",
         flush=True)
-  for overrides in _settings(config, args.sweeps.split(",")):
-    opts = dict(config.sampling, **overrides)
+  for overrides in _settings(config, sweeps, args.guide_workdir):
+    opts = sampling.resolve_options(config, overrides)
     sample = sampling.make_sampler(config, with_stats=True, **overrides)
     key = jax.random.key(args.seed)
     times = []
@@ -124,9 +135,10 @@ def main():
     # (Unknown with a single batch: then the total includes compiling.)
     compile_s = max(times[0] - float(np.median(times[1:])), 0.0) if len(times) > 1 else None
     m = evaluator.evaluate(imgs, labels)
-    interval = tuple(opts.get("guidance_interval") or ())
+    interval = opts["guidance_interval"]
     guidance = f"{opts['guidance_scale']:g}" + (
-        " for σ in ({:g}, {:g}]".format(*interval) if interval else "")
+        " for σ in ({:g}, {:g}]".format(*interval) if interval else "") + (
+        f" (autoguidance by {opts['guide_workdir']})" if opts["guide_workdir"] else "")
     print(f"| {opts['sampler']} | {opts['steps']} | {guidance} | "
           f"{m['conditional_accuracy']:.4f} | {m['frechet_distance']:.3f} | "
           f"{m['precision']:.3f} | {m['recall']:.3f} | {seconds:.0f} "
@@ -134,9 +146,7 @@ def main():
           flush=True)
     if args.grids:
       per_class = np.concatenate([imgs[labels == c][:10] for c in range(config.data.num_classes)])
-      name = f"{opts['sampler']}{opts['steps']}_g{opts['guidance_scale']:g}" + (
-          "_i{:g}-{:g}".format(*interval) if interval else "") + ".png"
-      images.write_png(os.path.join(args.grids, name),
+      images.write_png(os.path.join(args.grids, sampling.settings_name(opts) + ".png"),
                        images.class_grid(per_class.astype(np.float32) / 127.5 - 1.0,
                                          config.data.num_classes))
     if args.json:

@@ -27,8 +27,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxddpm import (checkpoint, diagnostics, diffusion, images, models, plots,  # noqa: E402
-                     sampling, schedules)
+from jaxddpm import (checkpoint, diagnostics, diffusion, guidance, images,  # noqa: E402
+                     models, plots, sampling, schedules)
 
 
 def seed_update_sampler(denoise_fn, train_schedule, betas, key, labels, shape, *,
@@ -44,7 +44,7 @@ def seed_update_sampler(denoise_fn, train_schedule, betas, key, labels, shape, *
 
   def body(x_t, t):
     t_B = jnp.full((B,), t)
-    pred = sampling.guided_prediction(denoise_fn, x_t, t_B, labels, guidance_scale)
+    pred = guidance.guided_prediction(denoise_fn, x_t, t_B, labels, guidance_scale)
     # The model's output read as ε̂ through its own training schedule.
     _, eps = diffusion.to_x0_eps(pred, x_t, jnp.full((B,), train_schedule.alpha_bars[t]),
                                  prediction)

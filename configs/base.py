@@ -56,6 +56,10 @@ def get_config(arg=None):
   # () guides every step; (lo, hi) only where the noise level sigma = sqrt((1-ᾱ)/ᾱ)
   # is in (lo, hi], conditional elsewhere (Kynkäänniemi et al. 2024).
   sampling.guidance_interval = ()
+  # "" guides with the model's own unconditional prediction (CFG). A workdir: guide
+  # with that run's model instead, a smaller one trained for less on the same data
+  # and diffusion settings (autoguidance, Karras et al. 2024; README, "Autoguidance").
+  sampling.guide_workdir = ""
   sampling.clip_x0 = True  # Clip predicted x_0 to [-1, 1]: what keeps sampling stable.
   sampling.variance = "small"  # DDPM variance: small (β̃_t) | large (β_t).
 

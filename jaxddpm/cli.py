@@ -84,8 +84,9 @@ def sampling_overrides(**options) -> dict:
 
 
 def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sampler=None,
-           steps=None, guidance_scale=None, eta=None, guidance_interval=None, seed: int = 0,
-           which: str = "best", out: str | None = None) -> tuple[str, str, str]:
+           steps=None, guidance_scale=None, eta=None, guidance_interval=None,
+           guide_workdir=None, seed: int = 0, which: str = "best",
+           out: str | None = None) -> tuple[str, str, str]:
   """Samples from a workdir's checkpoint; writes a PNG grid, an .npz and a PNG of
   the sampler's per-step statistics (warning loudly if it diverged). Returns paths."""
   from jaxddpm import checkpoint, diagnostics, images, sampling
@@ -94,14 +95,12 @@ def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sample
     raise ValueError("launch.py samples class-conditional models; for attribute models "
                      "call make_sampler(config)(params, key, attrs) with float [B, K] attrs.")
   overrides = sampling_overrides(sampler=sampler, steps=steps, guidance_scale=guidance_scale,
-                                 eta=eta, guidance_interval=guidance_interval)
+                                 eta=eta, guidance_interval=guidance_interval,
+                                 guide_workdir=guide_workdir)
   sample_fn = sampling.make_sampler(config, with_stats=True, **overrides)
   label_array = parse_labels(labels, config.data.num_classes, num_per_class)
   x, stats = jax.device_get(sample_fn(params, jax.random.key(seed), label_array))
-  opts = dict(config.sampling, **overrides)
-  name = f"{opts['sampler']}{opts['steps']}_g{opts['guidance_scale']:g}"
-  if opts.get("guidance_interval"):
-    name += "_i{:g}-{:g}".format(*opts["guidance_interval"])
+  name = sampling.settings_name(sampling.resolve_options(config, overrides))
   if out is None:
     out = os.path.join(workdir, "samples", f"sample_{name}_seed{seed}")
   rows = config.data.num_classes if labels == "all" else 1
@@ -117,14 +116,15 @@ def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sample
 
 
 def evaluate(workdir: str, *, num_samples=None, sampler=None, steps=None, guidance_scale=None,
-             eta=None, guidance_interval=None, seed: int = 0, which: str = "best",
-             out: str | None = None, quiet: bool = False) -> dict:
+             eta=None, guidance_interval=None, guide_workdir=None, seed: int = 0,
+             which: str = "best", out: str | None = None, quiet: bool = False) -> dict:
   """Scores a checkpoint's samples (jaxddpm/evaluate.py); writes eval.json."""
   from jaxddpm import evaluate as evaluate_lib
   if num_samples is not None and num_samples < 2:
     raise ValueError(f"--num_samples must be >= 2, got {num_samples}.")
   overrides = sampling_overrides(sampler=sampler, steps=steps, guidance_scale=guidance_scale,
-                                 eta=eta, guidance_interval=guidance_interval)
+                                 eta=eta, guidance_interval=guidance_interval,
+                                 guide_workdir=guide_workdir)
   result = evaluate_lib.evaluate_checkpoint(workdir, num_samples=num_samples, which=which,
                                             seed=seed, out=out, quiet=quiet, **overrides)
   m, f = result["metrics"], result["floor"]
@@ -136,14 +136,15 @@ def evaluate(workdir: str, *, num_samples=None, sampler=None, steps=None, guidan
 
 
 def pictures(workdir: str, *, labels: str = "all", pictures=None, sampler=None, steps=None,
-             guidance_scale=None, eta=None, guidance_interval=None, seed: int = 0,
-             which: str = "best", out: str | None = None) -> list[str]:
+             guidance_scale=None, eta=None, guidance_interval=None, guide_workdir=None,
+             seed: int = 0, which: str = "best", out: str | None = None) -> list[str]:
   """Forward / reverse strips, reverse GIF, guidance sweep, training curves."""
   from jaxddpm import checkpoint, pictures as pictures_lib
   config = checkpoint.load_config(workdir)
   label_array = parse_labels(labels, min(config.data.num_classes, 10), 1)
   overrides = sampling_overrides(sampler=sampler, steps=steps, guidance_scale=guidance_scale,
-                                 eta=eta, guidance_interval=guidance_interval)
+                                 eta=eta, guidance_interval=guidance_interval,
+                                 guide_workdir=guide_workdir)
   paths = pictures_lib.write_all(workdir, out or os.path.join(workdir, "pictures"),
                                  which=which, labels=label_array, seed=seed,
                                  pictures=pictures or pictures_lib.PICTURES, **overrides)

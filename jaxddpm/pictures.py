@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jaxddpm import diffusion, images, models, plots, progress, sampling, xla
+from jaxddpm import diffusion, guidance, images, models, plots, progress, sampling, xla
 from jaxddpm import schedules as schedules_lib
 
 PICTURES = ("forward", "reverse", "guidance", "curves")
@@ -86,28 +86,28 @@ def guidance_sweep(config, params, labels, key: jax.Array,
   scales_np = np.asarray(scales, np.float32)
   if scales_np.ndim != 1 or scales_np.size == 0 or not np.all(scales_np >= 0):
     raise ValueError(f"guidance scales must be a non-empty list of numbers >= 0, got {scales}.")
-  opts = dict(config.sampling)
-  unknown = sorted(set(sampling_overrides) - set(opts))
-  if unknown:
-    raise ValueError(f"unknown sampling option(s) {unknown}; known: {sorted(opts)}.")
-  opts.update(sampling_overrides)
+  opts = sampling.resolve_options(config, sampling_overrides)
   labels = sampling.check_labels(labels, config.data.num_classes)
   model = models.build_model(config)
   schedule = schedules_lib.from_config(config.diffusion)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
+  guide_model, guide_params = (guidance.load_guide(config, opts["guide_workdir"])
+                               if opts["guide_workdir"] else (None, None))
 
   @xla.jit
-  def run(params, key, labels, scales):
-    denoise, guided = sampling.make_denoisers(model, params)
+  def run(params, guide_params, key, labels, scales):
+    denoise, guided = guidance.make_denoisers(model, params)
+    guide_fn = (guidance.make_guide_fn(guide_model, guide_params)
+                if guide_model is not None else None)
     one = lambda s: sampling.sample_loop(
         denoise, schedule, key, labels, shape, sampler=opts["sampler"], steps=opts["steps"],
-        eta=opts["eta"], guidance_scale=s,
-        guidance_interval=opts.get("guidance_interval", ()),  # sample_loop takes a list too.
+        eta=opts["eta"], guidance_scale=s, guidance_interval=opts["guidance_interval"],
         prediction=config.diffusion.prediction,
-        clip_x0=opts["clip_x0"], variance=opts["variance"], guided_fn=guided)
+        clip_x0=opts["clip_x0"], variance=opts["variance"], guided_fn=guided,
+        guide_fn=guide_fn)
     return jax.vmap(one)(scales)
 
-  return np.asarray(run(params, key, labels, jnp.asarray(scales_np)))
+  return np.asarray(run(params, guide_params, key, labels, jnp.asarray(scales_np)))
 
 
 def guidance_grid(samples_SB, scales) -> np.ndarray:

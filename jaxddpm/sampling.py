@@ -11,6 +11,7 @@ scales the error by s first; nothing brought x_t back.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable
 
 import jax
@@ -19,33 +20,11 @@ import numpy as np
 
 from jaxddpm import diffusion, parallel, xla
 from jaxddpm import schedules as schedules_lib
+from jaxddpm.guidance import (DenoiseFn, guided_prediction, guided_steps, load_guide,
+                              make_denoisers, make_guide_fn)
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 VARIANCES = ("small", "large")
-
-DenoiseFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
-
-
-def guided_prediction(denoise_fn: DenoiseFn, x_t, t_B, labels, guidance_scale,
-                      guided_fn=None):
-  """CFG: uncond + s·(cond - uncond), from ONE batched denoiser call.
-
-  A Python-number scale of exactly 1 (or 0) needs only the conditional (or
-  unconditional) half, so it costs one pass, not two. `guided_fn(x_t, t, labels,
-  s)`, when given, computes the guided prediction itself (a model that shares
-  work between the halves, see `make_denoisers`).
-  """
-  B = x_t.shape[0]
-  if isinstance(guidance_scale, (int, float)) and guidance_scale in (0, 1):
-    use = jnp.full((B,), guidance_scale == 1)
-    return denoise_fn(x_t, t_B, labels, use)
-  if guided_fn is not None:
-    return guided_fn(x_t, t_B, labels, guidance_scale)
-  both = lambda a: jnp.concatenate([a, a], axis=0)
-  use = jnp.concatenate([jnp.ones((B,), bool), jnp.zeros((B,), bool)])
-  pred = denoise_fn(both(x_t), both(t_B), both(labels), use)
-  cond, uncond = pred[:B], pred[B:]
-  return uncond + guidance_scale * (cond - uncond)
 
 
 def check_options(*, sampler: str, steps: int, num_train_steps: int, eta: float,
@@ -72,21 +51,6 @@ def check_options(*, sampler: str, steps: int, num_train_steps: int, eta: float,
     raise ValueError(f"guidance_interval must be () (guidance at every step) or two noise "
                      f"levels (sigma_low, sigma_high) with 0 <= sigma_low < sigma_high, got "
                      f"{guidance_interval!r}.")
-
-
-def guided_steps(alpha_bars, guidance_interval) -> np.ndarray:
-  """bool [S]: which steps apply guidance, given their ᾱ. The interval is in the
-  noise level σ = sqrt((1-ᾱ)/ᾱ) (x_t/sqrt(ᾱ) = x_0 + σ·ε, the EDM σ), so it means
-  the same for any schedule and step count: guidance where σ_low < σ <= σ_high
-  (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval"); the
-  conditional prediction (s = 1) elsewhere. () guides every step."""
-  ab = np.asarray(alpha_bars, np.float64)
-  if not guidance_interval:
-    return np.ones(ab.shape, bool)
-  lo, hi = guidance_interval
-  with np.errstate(divide="ignore"):
-    sigma = np.sqrt((1.0 - ab) / ab)  # +inf where ᾱ = 0 (zero terminal SNR).
-  return (sigma > lo) & (sigma <= hi)
 
 
 def dpm_solver_coefficients(alpha_bars) -> dict[str, np.ndarray]:
@@ -149,6 +113,7 @@ def sample_loop(
     return_stats: bool = False,
     batch_sharding=None,
     guided_fn=None,
+    guide_fn=None,
 ):
   """Runs the reverse process from x_T ~ N(0, I) as one `lax.scan` over steps.
 
@@ -176,6 +141,10 @@ def sample_loop(
       the numbers drawn do not depend on it.
     guided_fn: optional `guided_fn(x_t, t, labels, s)` -> the guided prediction in
       one call (see `guided_prediction`); the same numbers up to rounding.
+    guide_fn: autoguidance: `guide_fn(x_t, t, labels)` -> a weaker model's
+      conditional prediction (same `prediction` type), which then takes the place of
+      the unconditional one: guide + s·(cond - guide) (see `guided_prediction`).
+      The guidance interval applies to it as to CFG.
   Returns:
     Samples float32 [B, H, W, C]. With return_stats, (samples, info) where info
     holds "std", "max_abs" (of x_t) and "clip_fraction" (of x̂_0 outside [-1, 1])
@@ -211,7 +180,7 @@ def sample_loop(
   def predict(x_t, t_B, i):
     # float32 both: the branches of a lax.cond must agree (bf16 models, traced s).
     full = lambda: guided_prediction(  # noqa: E731
-        denoise_fn, x_t, t_B, labels, guidance_scale, guided_fn).astype(jnp.float32)
+        denoise_fn, x_t, t_B, labels, guidance_scale, guided_fn, guide_fn).astype(jnp.float32)
     cond = lambda: guided_prediction(  # noqa: E731
         denoise_fn, x_t, t_B, labels, 1).astype(jnp.float32)
     if guided.all() or (isinstance(guidance_scale, (int, float)) and guidance_scale == 1):
@@ -252,17 +221,33 @@ def sample_loop(
   return samples, info
 
 
-def make_denoisers(model, params) -> tuple[DenoiseFn, Callable | None]:
-  """(denoise_fn, guided_fn) for `sample_loop` from a jaxddpm model and its params;
-  guided_fn is None unless the model computes CFG itself (TemplateUNet: its encoder
-  does not see the label, so both halves share one encoder pass)."""
-  def denoise_fn(x_t, t, labels, use_labels):
-    return model.apply({"params": params}, x_t, t, labels, use_labels, train=False)
+def resolve_options(config, overrides: dict) -> dict:
+  """config.sampling with `overrides` applied and checked (ValueError for an unknown
+  option or a bad value)."""
+  opts = dict(config.sampling)
+  unknown = sorted(set(overrides) - set(opts))
+  if unknown:
+    raise ValueError(f"unknown sampling option(s) {unknown}; known: {sorted(opts)}.")
+  opts.update(overrides)
+  opts["guidance_interval"] = tuple(opts.get("guidance_interval") or ())  # JSON: a list.
+  opts["guide_workdir"] = opts.get("guide_workdir") or ""  # Configs made before it existed.
+  check_options(sampler=opts["sampler"], steps=opts["steps"],
+                num_train_steps=config.diffusion.num_timesteps, eta=opts["eta"],
+                guidance_scale=opts["guidance_scale"],
+                prediction=config.diffusion.prediction, variance=opts["variance"],
+                guidance_interval=opts["guidance_interval"])
+  return opts
 
-  def guided_fn(x_t, t, labels, scale):
-    return model.apply({"params": params}, x_t, t, labels, train=False, guidance_scale=scale)
 
-  return denoise_fn, (guided_fn if getattr(model, "shares_guidance_encoder", False) else None)
+def settings_name(opts: dict) -> str:
+  """A file-name part for sampler settings: e.g. ddim50_g2, ddim50_g3_i0.28-5.42,
+  ddim50_g2.5_ag-guide_mnist (autoguidance by the run in .../guide_mnist)."""
+  name = f"{opts['sampler']}{opts['steps']}_g{opts['guidance_scale']:g}"
+  if opts.get("guidance_interval"):
+    name += "_i{:g}-{:g}".format(*opts["guidance_interval"])
+  if opts.get("guide_workdir"):
+    name += "_ag-" + os.path.basename(os.path.normpath(opts["guide_workdir"]))
+  return name
 
 
 def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = False,
@@ -276,33 +261,27 @@ def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = Fa
     with_trajectory: sample returns (images, info) with every x_t and x̂_0 as
       sample_loop's return_trajectory does (for `pictures.py`).
     **overrides: any field of config.sampling (steps=20, guidance_scale=3.0, ...).
+      guide_workdir="runs/guide" loads that run's model (once, here) and guides
+      with it instead of the unconditional prediction (autoguidance).
   Returns:
     `sample(params, key, labels) -> float32 [B, H, W, C] in [-1, 1]`, compiled once
     per batch size. Labels are checked on the host (range, dtype, shape) first.
   """
   from jaxddpm import models  # Local: keeps sampling importable without Flax models.
 
-  opts = dict(config.sampling)
-  unknown = sorted(set(overrides) - set(opts))
-  if unknown:
-    raise ValueError(f"unknown sampling option(s) {unknown}; known: {sorted(opts)}.")
-  opts.update(overrides)
+  opts = resolve_options(config, overrides)
   model = models.build_model(config)
   schedule = schedules_lib.from_config(config.diffusion)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   num_classes = config.data.num_classes
-  opts["guidance_interval"] = tuple(opts.get("guidance_interval") or ())  # JSON: a list.
-  check_options(sampler=opts["sampler"], steps=opts["steps"],
-                num_train_steps=schedule.num_steps, eta=opts["eta"],
-                guidance_scale=opts["guidance_scale"],
-                prediction=config.diffusion.prediction, variance=opts["variance"],
-                guidance_interval=opts["guidance_interval"])
+  guide_model, guide_params = (load_guide(config, opts["guide_workdir"])
+                               if opts["guide_workdir"] else (None, None))
 
   mesh = parallel.make_mesh()
   n_devices = mesh.devices.size
 
-  @functools.partial(xla.jit, static_argnums=(3,))
-  def _sample(params, key, labels, sharded):
+  @functools.partial(xla.jit, static_argnums=(4,))
+  def _sample(params, guide_params, key, labels, sharded):
     denoise_fn, guided_fn = make_denoisers(model, params)
     return sample_loop(
         denoise_fn, schedule, key, labels, shape,
@@ -312,7 +291,8 @@ def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = Fa
         clip_x0=opts["clip_x0"], variance=opts["variance"], return_stats=with_stats,
         return_trajectory=with_trajectory,
         batch_sharding=parallel.batch_sharding(mesh) if sharded else None,
-        guided_fn=guided_fn)
+        guided_fn=guided_fn,
+        guide_fn=make_guide_fn(guide_model, guide_params) if guide_model is not None else None)
 
   def sample(params, key, labels):
     labels = check_labels(labels, num_classes)
@@ -320,7 +300,7 @@ def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = Fa
     sharded = n_devices > 1 and labels.shape[0] % n_devices == 0
     if sharded:
       labels = parallel.shard_batch(labels, mesh)
-    return _sample(params, key, labels, sharded)
+    return _sample(params, guide_params, key, labels, sharded)
 
   return sample
 

@@ -49,6 +49,17 @@ def test_train_resume_sample_evaluate(real_data_dir, tmp_path):
               data_dir=real_data_dir, cache_dir=cache)
   assert r.returncode != 0 and "error: guidance_interval must be" in r.stderr
   assert "Traceback" not in r.stderr
+  # Autoguidance (the run guiding itself here: any saved run of the same data and
+  # diffusion settings will do), and a guide that is not a run.
+  r = _launch("--mode=sample", "--workdir", workdir, "--labels=3", "--steps=4",
+              "--guidance_scale=2", f"--guide_workdir={workdir}", "--seed=1",
+              data_dir=real_data_dir, cache_dir=cache)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert os.path.isfile(os.path.join(workdir, "samples", "sample_ddim4_g2_ag-run_seed1.png"))
+  r = _launch("--mode=sample", "--workdir", workdir, f"--guide_workdir={workdir}/nothing",
+              data_dir=real_data_dir, cache_dir=cache)
+  assert r.returncode != 0 and "error: sampling.guide_workdir=" in r.stderr
+  assert "no config.json" in r.stderr and "Traceback" not in r.stderr
   out = os.path.join(workdir, "samples", "sample_ddim4_g2_seed1")
   grid = images.read_png(out + ".png")
   assert grid.ndim == 3 and grid.std() > 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from exact_denoiser import exact_dpm_solver_moments, exact_sampler_moments, gaussian_denoiser
-from jaxddpm import sampling, schedules
+from jaxddpm import guidance, sampling, schedules
 
 K, N, SIGMA = 4, 256, 0.15  # classes, samples per class, data std per pixel
 SHAPE = (2, 2, 1)
@@ -195,6 +195,81 @@ def test_guidance_interval_endpoints():
   assert np.abs(mixed - plain).max() > 0.01
 
 
+def _affine_guide(schedule):
+  """A guide for autoguidance: the exact conditional denoiser of N(mu_g[c], σ²),
+  a different mean per class but the same σ, so it is affine in x_t with the same
+  slope as the main model's conditional denoiser (`_affine_cfg_denoiser`)."""
+  mu_g = (MUS * 0.1 + 0.05).astype(np.float32)
+  guide = gaussian_denoiser(schedule.alpha_bars, mu_g, SIGMA, "eps")
+  calls = []
+
+  def guide_fn(x_t, t, labels):
+    calls.append(1)  # Counted at trace time: how many guide passes a step holds.
+    return guide(x_t, t, labels, jnp.ones(x_t.shape[:1], bool))
+
+  return guide_fn, mu_g, calls
+
+
+def test_autoguidance_moves_mean_as_closed_form():
+  """Autoguidance: guide + s·(cond - guide) with the guide's conditional prediction in
+  place of the unconditional one. With both denoisers affine with the same slope,
+  DDIM (eta 0) differences from the same x_T equal the exact mean recursion's, with
+  the guide's class means as the "negative" means; also inside an interval."""
+  schedule, steps, scale, interval = SCHEDULES["cosine"], 50, 2.5, (0.5, 3.0)
+  den, _ = _affine_cfg_denoiser(schedule)
+  guide_fn, mu_g, _ = _affine_guide(schedule)
+  run = lambda **kw: np.asarray(sampling.sample_loop(  # noqa: E731
+      den, schedule, jax.random.key(4), LABELS, SHAPE, sampler="ddim", steps=steps,
+      clip_x0=False, **kw)).reshape(K, N, -1)
+  x_cond = run(guidance_scale=1.0)
+  mu_c = (MUS * 0.3).reshape(K, -1).astype(np.float64)
+  mu_g = mu_g.reshape(K, -1).astype(np.float64)
+  none = _interval_mean(schedule, steps, scale, np.zeros(steps, bool), mu_c, mu_g)
+  every = _interval_mean(schedule, steps, scale, np.ones(steps, bool), mu_c, mu_g)
+  x = run(guidance_scale=scale, guide_fn=guide_fn)
+  np.testing.assert_allclose(x - x_cond, np.broadcast_to((every - none)[:, None], x.shape),
+                             atol=2e-4)
+  assert np.abs(every - none).max() > 0.1  # It moved, and by the guide's means.
+  ab = np.asarray(schedules.respace(schedule, steps).alpha_bars, np.float64)[::-1]
+  sigma = np.sqrt((1 - ab) / ab)
+  guided = (sigma > interval[0]) & (sigma <= interval[1])
+  mixed = _interval_mean(schedule, steps, scale, guided, mu_c, mu_g)
+  x = run(guidance_scale=scale, guide_fn=guide_fn, guidance_interval=interval)
+  np.testing.assert_allclose(x - x_cond, np.broadcast_to((mixed - none)[:, None], x.shape),
+                             atol=2e-4)
+
+
+def test_autoguidance_endpoints():
+  """s = 1 is the conditional model alone (the guide never runs), s = 0 the guide
+  alone; a traced scale gives what a Python one does."""
+  schedule = SCHEDULES["linear"]
+  den, _ = _affine_cfg_denoiser(schedule)
+  guide_fn, mu_g, calls = _affine_guide(schedule)
+  guide_den = gaussian_denoiser(schedule.alpha_bars, mu_g, SIGMA, "eps")
+  run = lambda d, **kw: np.asarray(sampling.sample_loop(  # noqa: E731
+      d, schedule, jax.random.key(5), LABELS, SHAPE, sampler="ddim", steps=20, **kw))
+  np.testing.assert_array_equal(run(den, guidance_scale=1.0, guide_fn=guide_fn),
+                                run(den, guidance_scale=1.0))
+  assert not calls
+  np.testing.assert_allclose(run(den, guidance_scale=0.0, guide_fn=guide_fn),
+                             run(guide_den, guidance_scale=1.0), atol=1e-6)
+  np.testing.assert_allclose(run(den, guidance_scale=jnp.float32(2.5), guide_fn=guide_fn),
+                             run(den, guidance_scale=2.5, guide_fn=guide_fn), atol=1e-5)
+
+
+def test_guide_must_share_data_and_diffusion(tiny_config):
+  guide = tiny_config.copy_and_resolve_references()
+  guide.model.base_channels = 4  # Smaller, trained for less: what a guide should be.
+  guide.train.num_steps = 10
+  guidance.check_guide(tiny_config, guide)
+  guide.diffusion.prediction = "x0"
+  guide.data.image_size = 16
+  assert tiny_config.diffusion.prediction == "v"
+  with pytest.raises(ValueError, match=r"data.image_size: 16 \(model: 8\); "
+                                       r"diffusion.prediction: 'x0' \(model: 'v'\)"):
+    guidance.check_guide(tiny_config, guide)
+
+
 def test_same_key_same_samples_different_key_different():
   schedule = SCHEDULES["linear"]
   kw = dict(sampler="ddpm", steps=100)
@@ -285,6 +360,47 @@ def test_make_sampler_end_to_end(tiny_config):
   tiny_config.sampling.guidance_interval = ()
   listed = sampling.make_sampler(tiny_config, guidance_scale=3.0, guidance_interval=[0.5, 20.0])
   assert listed(params, jax.random.key(0), [0, 1]).shape == (2, 8, 8, 1)
+  with pytest.raises(ValueError, match="guide_workdir='nowhere': no config.json"):
+    sampling.make_sampler(tiny_config, guide_workdir="nowhere")
+
+
+def test_make_sampler_with_a_guide_workdir(tiny_config, tmp_path):
+  """guide_workdir loads a saved run as the guide: a smaller model runs and moves
+  the samples; the model guiding itself is plain conditional sampling."""
+  from jaxddpm import checkpoint, train
+
+  def save_run(config, folder, seed):
+    model, _, tx, *_ = train.make_steps(config)
+    params = train.init_params(model, config, jax.random.key(seed))
+    # Away from the init, whose zero output layers make every model predict alike.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
+    params = jax.tree.unflatten(tree, [p + 0.1 * jax.random.normal(k, p.shape)
+                                       for p, k in zip(leaves, keys)])
+    folder.mkdir()
+    checkpoint.save_config(str(folder), config)
+    saver = checkpoint.Checkpointer(str(folder), keep=1)
+    saver.save(train.create_train_state(params, tx))
+    saver.close()
+    return params
+
+  tiny_config.sampling.steps = 5
+  params = save_run(tiny_config, tmp_path / "model", 0)
+  small = tiny_config.copy_and_resolve_references()
+  small.model.update(base_channels=4, attention_resolutions=())
+  save_run(small, tmp_path / "guide", 1)
+  key, labels = jax.random.key(0), [0, 1, 2, 3]
+  cond = np.asarray(sampling.make_sampler(tiny_config, guidance_scale=1.0)(params, key, labels))
+  guided = np.asarray(sampling.make_sampler(
+      tiny_config, guidance_scale=3.0, guide_workdir=str(tmp_path / "guide"))(params, key, labels))
+  assert guided.shape == cond.shape and np.abs(guided - cond).max() > 1e-3
+  itself = np.asarray(sampling.make_sampler(
+      tiny_config, guidance_scale=3.0, guide_workdir=str(tmp_path / "model"))(params, key, labels))
+  np.testing.assert_allclose(itself, cond, atol=1e-5)
+  other = tiny_config.copy_and_resolve_references()
+  other.diffusion.schedule = "linear" if tiny_config.diffusion.schedule == "cosine" else "cosine"
+  with pytest.raises(ValueError, match="cannot guide this model: diffusion.schedule"):
+    sampling.make_sampler(other, guide_workdir=str(tmp_path / "guide"))
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
@@ -350,9 +466,9 @@ def test_shared_encoder_guidance_matches_two_pass_sampling():
                           jnp.zeros((3,), jnp.int32), labels, jnp.ones((3,), bool))["params"]
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda v: jnp.asarray(rng.normal(0, 0.3, v.shape), jnp.float32), shapes)
-  denoise, guided = sampling.make_denoisers(model, params)
+  denoise, guided = guidance.make_denoisers(model, params)
   assert guided is not None
-  assert sampling.make_denoisers(UNet(base_channels=8, channel_mults=(1,), num_res_blocks=1,
+  assert guidance.make_denoisers(UNet(base_channels=8, channel_mults=(1,), num_res_blocks=1,
                                       attention_resolutions=()), params)[1] is None
   run = jax.jit(lambda shared: sampling.sample_loop(
       denoise, SCHEDULES["cosine"], jax.random.key(2), labels, (8, 8, 1), steps=3,

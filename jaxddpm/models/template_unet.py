@@ -153,7 +153,7 @@ class TemplateUNet(nn.Module):
   num_classes: int = 10
   num_timesteps: int = 1000
   dtype: jnp.dtype = jnp.float32
-  shares_guidance_encoder = True  # sampling.guided_prediction looks for this.
+  shares_guidance_encoder = True  # guidance.make_denoisers looks for this.
 
   @nn.compact
   def __call__(self, x_BHWC, t_B, labels, use_labels_B=None, train: bool = False,
