@@ -81,9 +81,12 @@ def make_denoisers(model, params) -> tuple[DenoiseFn, Callable | None]:
   return denoise_fn, (guided_fn if getattr(model, "shares_guidance_encoder", False) else None)
 
 
-def make_guide_fn(guide_model, guide_params) -> Callable:
+def make_guide_fn(guide_model, guide_params) -> Callable | None:
   """`guide_fn(x_t, t, labels)` for `sample_loop`: the guide model's conditional
-  prediction (autoguidance)."""
+  prediction (autoguidance); None without a guide model (CFG)."""
+  if guide_model is None:
+    return None
+
   def guide_fn(x_t, t, labels):
     use = jnp.ones((x_t.shape[0],), bool)
     return guide_model.apply({"params": guide_params}, x_t, t, labels, use, train=False)
@@ -120,7 +123,9 @@ def _plain(v):
 
 def load_guide(config, guide_workdir: str):
   """(guide_model, guide_params) from a workdir (its best checkpoint, else its
-  latest), checked against `config`."""
+  latest), checked against `config`; (None, None) for "" (no guide: CFG)."""
+  if not guide_workdir:
+    return None, None
   from jaxddpm import checkpoint, models  # Local: sampling stays light for the API.
   try:
     guide_config, guide_params = checkpoint.load_checkpoint(guide_workdir, which="best")

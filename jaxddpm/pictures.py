@@ -91,20 +91,17 @@ def guidance_sweep(config, params, labels, key: jax.Array,
   model = models.build_model(config)
   schedule = schedules_lib.from_config(config.diffusion)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
-  guide_model, guide_params = (guidance.load_guide(config, opts["guide_workdir"])
-                               if opts["guide_workdir"] else (None, None))
+  guide_model, guide_params = guidance.load_guide(config, opts["guide_workdir"])
 
   @xla.jit
   def run(params, guide_params, key, labels, scales):
     denoise, guided = guidance.make_denoisers(model, params)
-    guide_fn = (guidance.make_guide_fn(guide_model, guide_params)
-                if guide_model is not None else None)
     one = lambda s: sampling.sample_loop(
         denoise, schedule, key, labels, shape, sampler=opts["sampler"], steps=opts["steps"],
         eta=opts["eta"], guidance_scale=s, guidance_interval=opts["guidance_interval"],
         prediction=config.diffusion.prediction,
         clip_x0=opts["clip_x0"], variance=opts["variance"], guided_fn=guided,
-        guide_fn=guide_fn)
+        guide_fn=guidance.make_guide_fn(guide_model, guide_params))
     return jax.vmap(one)(scales)
 
   return np.asarray(run(params, guide_params, key, labels, jnp.asarray(scales_np)))

@@ -274,8 +274,7 @@ def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = Fa
   schedule = schedules_lib.from_config(config.diffusion)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   num_classes = config.data.num_classes
-  guide_model, guide_params = (load_guide(config, opts["guide_workdir"])
-                               if opts["guide_workdir"] else (None, None))
+  guide_model, guide_params = load_guide(config, opts["guide_workdir"])
 
   mesh = parallel.make_mesh()
   n_devices = mesh.devices.size
@@ -292,7 +291,7 @@ def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = Fa
         return_trajectory=with_trajectory,
         batch_sharding=parallel.batch_sharding(mesh) if sharded else None,
         guided_fn=guided_fn,
-        guide_fn=make_guide_fn(guide_model, guide_params) if guide_model is not None else None)
+        guide_fn=make_guide_fn(guide_model, guide_params))
 
   def sample(params, key, labels):
     labels = check_labels(labels, num_classes)

@@ -262,6 +262,9 @@ def test_guide_must_share_data_and_diffusion(tiny_config):
   guide.model.base_channels = 4  # Smaller, trained for less: what a guide should be.
   guide.train.num_steps = 10
   guidance.check_guide(tiny_config, guide)
+  # No guide workdir: no guide, CFG.
+  assert guidance.load_guide(tiny_config, "") == (None, None)
+  assert guidance.make_guide_fn(None, None) is None
   guide.diffusion.prediction = "x0"
   guide.data.image_size = 16
   assert tiny_config.diffusion.prediction == "v"
