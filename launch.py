@@ -5,8 +5,8 @@
   python launch.py --mode=sample --workdir runs/mnist_cpu --labels=3,3,7 --guidance_scale=3
   python launch.py --mode=evaluate --workdir runs/mnist_cpu --num_samples=1000  # eval.json
   python launch.py --mode=pictures --workdir runs/mnist_cpu --labels=0,3,8  # PNGs and a GIF
-  python launch.py --mode=evaluate --workdir runs/mnist_cpu --guide_workdir runs/mnist_guide \
-      --guidance_scale=2.5                                      # autoguidance
+  python launch.py --mode=evaluate --workdir runs/mnist_cpu --guide_workdir runs/mnist_guide
+      # autoguidance: a smaller run guides (README, "Autoguidance"); --guidance_scale=2.5
 """
 
 import os
@@ -29,7 +29,8 @@ flags.DEFINE_integer("num_samples", None, "evaluate: samples to score (default: 
 flags.DEFINE_string("sampler", None, "sample/evaluate: ddim | ddpm | dpmpp_2m (default: the "
                     "config's).")
 flags.DEFINE_integer("steps", None, "sample/evaluate: denoising steps (default: the config's).")
-flags.DEFINE_float("guidance_scale", None, "sample/evaluate: CFG scale (default: the config's).")
+flags.DEFINE_float("guidance_scale", None, "sample/evaluate: guidance scale, CFG's or, with "
+                   "--guide_workdir, autoguidance's (default: the config's).")
 flags.DEFINE_float("eta", None, "sample/evaluate: DDIM eta (default: the config's).")
 flags.DEFINE_string("guidance_interval", None, "sample/evaluate: 'LOW,HIGH' noise levels sigma "
                     "between which CFG applies (conditional elsewhere), or 'all' (default: "

@@ -34,18 +34,19 @@ SWEEPS = {
     "autoguidance": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=s,
                                            guide_workdir=guide) for s in (2.0, 2.5, 3.0)],
     "guidance": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=s)
-                           for s in (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)],
+                                  for s in (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)],
     # Around the default, for the Frechet distance of strong models (issue 4's GPU
     # target): guidance trades distance for accuracy.
     "guidance_fine": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=s)
-                                for s in (1.0, 1.5, 2.0)],
+                                       for s in (1.0, 1.5, 2.0)],
     # Guidance only at middle noise levels (Kynkäänniemi et al. 2024; (0.28, 5.42]
     # is their EDM2 interval, in the same σ): less mode-seeking at high noise.
     "guidance_interval": lambda c, guide: [
         dict(sampler="ddim", steps=50, guidance_scale=s, guidance_interval=iv)
         for s, iv in ((2.0, (0.28, 5.42)), (3.0, (0.28, 5.42)), (2.0, (1.0, 1e9)),
                       (2.0, (0.0, 1.0)))],
-    "ddim_steps": lambda c, guide: [dict(sampler="ddim", steps=s) for s in (10, 20, 50, 100, 250)],
+    "ddim_steps": lambda c, guide: [dict(sampler="ddim", steps=s)
+                                    for s in (10, 20, 50, 100, 250)],
     "dpm_steps": lambda c, guide: [dict(sampler="dpmpp_2m", steps=s) for s in (10, 20)],
     "ddpm": lambda c, guide: [dict(sampler="ddpm", steps=c.diffusion.num_timesteps)],
 }
