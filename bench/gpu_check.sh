@@ -12,6 +12,10 @@
 # or, for autoguidance within the same limit (~250 s model, ~150 s guide, 4 settings):
 #   STEPS=quality DATASETS=mnist EPOCHS=15 TRAIN_TIMEOUT=250 GUIDE=1 GUIDE_TIMEOUT=150 \
 #     QUALITY_TIMEOUT=180 SWEEPS=default bash bench/gpu_check.sh
+# or Fashion-MNIST and the torch.compile comparison in one call (the eighth session's):
+#   STEPS="quality throughput" DATASETS=fmnist EPOCHS=12 TRAIN_TIMEOUT=215 \
+#     QUALITY_TIMEOUT=140 SWEEPS=default,guidance_fine TP_TIMEOUT=220 FP32_TIMEOUT=0 \
+#     bash bench/gpu_check.sh
 #
 # quality: the default (GPU) configs of DATASETS (side by side on the one GPU when
 #   several), bf16 compute, in-training evaluation off, then bench/quality.py on each
@@ -30,6 +34,9 @@
 #   runs it masked), ~60 s for the validation step, ~5-6 s per epoch end, ~45 s for
 #   the 10,000-sample evaluation. metrics.jsonl now times epoch ends and checkpoints
 #   (val_seconds, checkpoint_seconds, wall_time): read them first.
+#   Eighth session (H200, Fashion-MNIST, K=8): 72 s to step 104, then 94 steps/s;
+#   ~2-3 s of checkpoint writing per epoch end; 12 epochs in 167 s; the end-of-run
+#   grid's sampler compile took over 27 s (not isolated): allow ~45 s after training.
 #   Two datasets side by side with K=8 and autotuning off did not reach step 104
 #   in 300 s there (cause not isolated): try one dataset first.
 # throughput: TemplateUNet small, batch 1024: jaxddpm against PyTorch eager and
@@ -45,6 +52,7 @@
 set -uo pipefail
 STEPS="${STEPS:-quality}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
+XLA_FLAGS_GIVEN="${XLA_FLAGS:-}"
 export PYTHONUNBUFFERED=1 JAXDDPM_DATA_DIR="$PWD/.data" JAXDDPM_CACHE_DIR="$PWD/.jcache"
 OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
@@ -116,13 +124,22 @@ if want quality; then
 fi
 
 if want throughput; then
-  echo "== throughput: bf16, jaxddpm vs PyTorch eager and torch.compile (autocast)"
+  # Knobs: TP_TIMEOUT and FP32_TIMEOUT (seconds; 0 skips that part), TP_EXTRA (more
+  # bench/throughput.py arguments, e.g. "--batches 8 --iters 2" for a CPU check).
+  # No HLO dumps or compile logs from the quality step here: they slow compiling.
+  export XLA_FLAGS="${XLA_FLAGS_GIVEN}" JAX_LOG_COMPILES=0
   export XLA_PYTHON_CLIENT_MEM_FRACTION=0.45  # PyTorch runs in the same process.
-  timeout 300 python3 bench/throughput.py --models template-small --batches 1024 \
-    --dtypes bfloat16 --sample_count 10000 --iters 48 --steps_per_dispatch 8 --chunk_only \
-    --peak --torch eager,compile 2>&1 | quiet | tee "$OUT/throughput.md"
-  echo "== throughput: float32, jaxddpm vs PyTorch eager"
-  timeout 150 python3 bench/throughput.py --models template-small --batches 1024 \
-    --dtypes float32 --sample_count 10000 --iters 48 --steps_per_dispatch 8 --chunk_only \
-    --peak --torch eager 2>&1 | quiet | tee -a "$OUT/throughput.md"
+  touch "$OUT/throughput.md"
+  if (( ${TP_TIMEOUT:-300} > 0 )); then
+    echo "== throughput: bf16, jaxddpm vs PyTorch eager and torch.compile (autocast)"
+    timeout "${TP_TIMEOUT:-300}" python3 bench/throughput.py --models template-small \
+      --batches 1024 --dtypes bfloat16 --sample_count 10000 --iters 48 --steps_per_dispatch 8 \
+      --chunk_only --peak --torch eager,compile ${TP_EXTRA:-} 2>&1 | quiet | tee "$OUT/throughput.md"
+  fi
+  if (( ${FP32_TIMEOUT:-150} > 0 )); then
+    echo "== throughput: float32, jaxddpm vs PyTorch eager"
+    timeout "${FP32_TIMEOUT:-150}" python3 bench/throughput.py --models template-small \
+      --batches 1024 --dtypes float32 --sample_count 10000 --iters 48 --steps_per_dispatch 8 \
+      --chunk_only --peak --torch eager ${TP_EXTRA:-} 2>&1 | quiet | tee -a "$OUT/throughput.md"
+  fi
 fi
