@@ -12,6 +12,10 @@
 # or, for autoguidance within the same limit (~250 s model, ~150 s guide, 4 settings):
 #   STEPS=quality DATASETS=mnist EPOCHS=15 TRAIN_TIMEOUT=250 GUIDE=1 GUIDE_TIMEOUT=150 \
 #     QUALITY_TIMEOUT=180 SWEEPS=default bash bench/gpu_check.sh
+# or the full 30 epochs of MNIST with the sweeps that trade accuracy for distance
+# (~370 s training at ~8.4 s per epoch on an H200, then 6 settings at ~25 s each):
+#   STEPS=quality DATASETS=mnist EPOCHS=30 TRAIN_TIMEOUT=390 QUALITY_TIMEOUT=190 \
+#     SWEEPS=guidance_fine,guidance_interval bash bench/gpu_check.sh
 # or Fashion-MNIST and the torch.compile comparison in one call (the eighth session's):
 #   STEPS="quality throughput" DATASETS=fmnist EPOCHS=12 TRAIN_TIMEOUT=215 \
 #     QUALITY_TIMEOUT=140 SWEEPS=default,guidance_fine TP_TIMEOUT=220 FP32_TIMEOUT=0 \
