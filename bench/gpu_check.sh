@@ -4,6 +4,7 @@
 #
 #   STEPS=quality DATASETS=fmnist EPOCHS=15 bash bench/gpu_check.sh  # one dataset
 #   STEPS=throughput bash bench/gpu_check.sh                         # ~4-5 min
+#   STEPS=checkpoint bash bench/gpu_check.sh                         # ~1 min
 #
 # Suggested first call of a session (fits the 600 s command limit: ~300 s of
 # training at most, then 7 settings of 10,000 samples at ~25-30 s each):
@@ -51,8 +52,9 @@
 # ../shared/data/*), .whl/ (the ml_collections wheel, see the device README) and
 # .jcache/classifiers/ (a copy of ~/.cache/jaxddpm/classifiers after the evaluator
 # classifiers were trained on the CPU, e.g. by bench/quality.py: keyed by dataset
-# and recipe). Results come back as $OUT/quality.tar (logs, metrics, grids, tables)
-# and $OUT/throughput.md. SMOKE=1 runs the same pipeline on :smoke configs (CPU).
+# and recipe). Results come back as $OUT/quality.tar (logs, metrics, grids, tables),
+# $OUT/throughput.md and $OUT/checkpoint.md. SMOKE=1 runs the same pipeline on
+# :smoke configs (CPU).
 set -uo pipefail
 STEPS="${STEPS:-quality}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -125,6 +127,11 @@ if want quality; then
     /tmp/hlo/*jit_{chunk,train_step}*after_optimizations.txt 2>/dev/null | wc -l) of \
     $(ls /tmp/hlo/*jit_{chunk,train_step}*after_optimizations.txt 2>/dev/null | wc -l)"
   tar -cf "$OUT/quality.tar" -C "$OUT" q && rm -rf "$R"
+fi
+
+if want checkpoint; then  # How long a save holds training up (default UNet state).
+  echo "== checkpoint saves"
+  timeout 120 python3 bench/checkpoint_time.py --saves 10 2>&1 | quiet | tee "$OUT/checkpoint.md"
 fi
 
 if want throughput; then

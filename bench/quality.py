@@ -68,18 +68,23 @@ def _settings(config, sweeps, guide: str = ""):
   return out
 
 
+def load_config(config_path: str):
+  """The config of "path/to/config.py[:variant]", as launch.py's --config takes it."""
+  import importlib.util
+  path, _, variant = config_path.partition(":")
+  spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant or None)
+
+
 def _train_if_needed(config_path, workdir):
   if os.path.isdir(os.path.join(workdir, "checkpoints", "latest")):
     return None
   if not config_path:
     raise ValueError(f"{workdir} holds no checkpoint; give --config to train it first.")
-  import importlib.util
   from jaxddpm import loop
-  path, _, variant = config_path.partition(":")
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(variant or None)
+  config = load_config(config_path)
   t0 = time.perf_counter()
   loop.train_and_evaluate(config, workdir)
   return time.perf_counter() - t0

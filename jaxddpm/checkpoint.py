@@ -18,6 +18,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxddpm import parallel
+
 CONFIG_FILE = "config.json"
 
 
@@ -46,6 +48,12 @@ class Checkpointer:
   def save(self, state, *, best: bool = False) -> None:
     """Saves at state.step (asynchronously); also as the best when `best`."""
     tree = flax.serialization.to_state_dict(state)
+    if jax.process_count() == 1:
+      # One batched copy to host memory that both managers share: given device
+      # arrays, Orbax copies each of the ~1,100 leaves itself, once per manager
+      # (bench/checkpoint_time.py; docs/RESULTS.md). Across hosts Orbax gets the
+      # arrays as they are and coordinates the write.
+      tree = parallel.to_host(tree)
     step = int(state.step)
     try:
       if step not in self.latest.all_steps():
