@@ -45,8 +45,9 @@ SWEEPS = {
         dict(sampler="ddim", steps=50, guidance_scale=s, guidance_interval=iv)
         for s, iv in ((2.0, (0.28, 5.42)), (3.0, (0.28, 5.42)), (2.0, (1.0, 1e9)),
                       (2.0, (0.0, 1.0)))],
-    "ddim_steps": lambda c, guide: [dict(sampler="ddim", steps=s)
-                                    for s in (10, 20, 50, 100, 250)],
+    "ddim_steps": lambda c, guide: [dict(sampler="ddim", steps=s)  # At most T steps.
+                                    for s in (10, 20, 50, 100, 250)
+                                    if s <= c.diffusion.num_timesteps],
     "dpm_steps": lambda c, guide: [dict(sampler="dpmpp_2m", steps=s) for s in (10, 20)],
     "ddpm": lambda c, guide: [dict(sampler="ddpm", steps=c.diffusion.num_timesteps)],
 }
