@@ -71,6 +71,8 @@ def main(argv):
   if workdir is None:
     raise app.UsageError("give --config (to train) or --workdir (to sample).")
   try:
+    cli.check_mode_flags(FLAGS.mode, {f for fs in cli.MODE_FLAGS.values() for f in fs
+                                      if FLAGS[f].present})
     cli.use_compilation_cache(FLAGS.compile_cache)
     if FLAGS.mode == "train":
       if FLAGS.config is None:

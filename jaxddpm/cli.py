@@ -47,6 +47,30 @@ def train(config, workdir: str, *, quiet: bool = False) -> dict:
   return summary
 
 
+_SAMPLING_FLAGS = ("sampler", "steps", "guidance_scale", "eta", "guidance_interval",
+                   "guide_workdir", "seed", "which", "out")
+# The launch.py flags each mode reads (beside --config, --workdir, --quiet, ...).
+MODE_FLAGS = {
+    "train": (),
+    "sample": ("labels", "num_per_class") + _SAMPLING_FLAGS,
+    "evaluate": ("num_samples",) + _SAMPLING_FLAGS,
+    "pictures": ("pictures", "labels") + _SAMPLING_FLAGS,
+}
+
+
+def check_mode_flags(mode: str, given) -> None:
+  """ValueError for a flag given on the command line that `mode` would ignore
+  (`--mode=sample --num_samples=20` once wrote 100 images without a word)."""
+  unused = sorted(set(given) - set(MODE_FLAGS[mode]))
+  if unused:
+    where = "; ".join(f"--{f} is for --mode=" + "/".join(m for m, fs in MODE_FLAGS.items()
+                                                         if f in fs) for f in unused)
+    hint = (" Sampling settings for training go in the config "
+            "(--config.sampling.guidance_scale=...)." if mode == "train" else "")
+    raise ValueError(f"--mode={mode} does not use {', '.join('--' + f for f in unused)} "
+                     f"({where}).{hint}")
+
+
 def parse_labels(labels: str, num_classes: int, num_per_class: int) -> np.ndarray:
   """'all' -> each class num_per_class times; '3,3,7' -> those labels."""
   if labels == "all":

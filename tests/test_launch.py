@@ -118,3 +118,18 @@ def test_guidance_interval_flag_parsing():
     cli.parse_interval("low,high")
   assert cli.sampling_overrides(steps=None, guidance_interval="1,2") == {
       "guidance_interval": (1.0, 2.0)}
+
+
+def test_a_flag_the_mode_ignores_is_an_error():
+  from jaxddpm import cli
+  cli.check_mode_flags("sample", {"labels", "num_per_class", "steps", "seed"})
+  cli.check_mode_flags("evaluate", {"num_samples", "guide_workdir"})
+  cli.check_mode_flags("train", set())
+  with pytest.raises(ValueError, match=r"--mode=sample does not use --num_samples "
+                                       r"\(--num_samples is for --mode=evaluate\)"):
+    cli.check_mode_flags("sample", {"num_samples", "steps"})
+  with pytest.raises(ValueError, match="--guidance_scale is for "
+                                       "--mode=sample/evaluate/pictures.*--config.sampling"):
+    cli.check_mode_flags("train", {"guidance_scale"})
+  with pytest.raises(ValueError, match="--num_per_class, --pictures"):
+    cli.check_mode_flags("evaluate", {"pictures", "num_per_class"})
