@@ -22,7 +22,7 @@ def pytest_configure(config):
   K steps per call, faults, early stopping, ...), and each run compiled the same
   train, validation and sampling programs again (~13 of a run's ~20 s on 2
   cores); with the cache the later compiles of a program are loads (the suite:
-  13:44 -> 9:20 on 2 cores). Fresh per session, so no entry outlives the code
+  13:44 -> ~9 min on 2 cores, docs/RESULTS.md "Test suite"). Fresh per session, so no entry outlives the code
   that made it, and tests never write to the user's ~/.cache. Set before any
   compile, as JAX requires."""
   import jax

@@ -374,7 +374,6 @@ def test_make_sampler_with_a_guide_workdir(tiny_config, tmp_path):
 
   def save_run(config, folder, seed):
     model, _, tx, *_ = train.make_steps(config)
-
     params = train.init_params(model, config, jax.random.key(seed))
     # Away from the init, whose zero output layers make every model predict alike.
     # NumPy noise and one jitted state: op by op (or one threefry per leaf in a
