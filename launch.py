@@ -58,6 +58,30 @@ def default_workdir(config_path: str) -> str:
   return os.path.join("runs", f"{name}_{variant}" if variant else name)
 
 
+def parse_flags(argv):
+  """absl's parsing, except that a config file that does not load, or an override
+  naming no field, is a one-line error instead of ml_collections' traceback."""
+  try:
+    rest = FLAGS(argv)
+    if FLAGS.config is not None:
+      FLAGS.config.get("train")  # ml_collections reports a failed load on first use.
+    return rest
+  except (flags.Error, OSError, AttributeError, KeyError) as e:
+    from jaxddpm import cli
+    sys.exit(f"error: {cli.config_flag_error(e, argv, _config_arg(argv))}\n"
+             "Pass --help to see the flags.")
+
+
+def _config_arg(argv):
+  """The --config value as typed (the flag holds none when its file failed to load)."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.partition("=")[2]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)  # Orbax logs every save, and read-only opens, below this.
@@ -96,4 +120,4 @@ def main(argv):
 
 if __name__ == "__main__":
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # For `configs.*`.
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 
 import jax
@@ -69,6 +70,39 @@ def check_mode_flags(mode: str, given) -> None:
             "(--config.sampling.guidance_scale=...)." if mode == "train" else "")
     raise ValueError(f"--mode={mode} does not use {', '.join('--' + f for f in unused)} "
                      f"({where}).{hint}")
+
+
+CONFIGS_HINT = ("The configs are configs/{mnist,fmnist,cifar10,celeba}.py, each also as "
+                ":cpu and :smoke; configs/base.py lists and explains every field.")
+
+
+def config_flag_error(error: BaseException, argv, config_file: str | None) -> str:
+  """One line for a --config file that does not load or a --config.<field> override
+  that names no field, in place of ml_collections' traceback (a misspelt override is
+  the commonest mistake on the command line)."""
+  text = str(error)
+  if isinstance(error, (AttributeError, KeyError)):
+    # ml_collections: KeyError/AttributeError("'lrr'\nDid you mean "lr" instead of "lrr"?")
+    text = text.replace("\\n", "\n").replace("\\'", "'")
+    missing = re.search(r"'(\w+)'", text)
+    guess = re.search(r'Did you mean "(\w+)"', text)
+    for arg in argv:
+      path = arg[len("--config."):].partition("=")[0] if arg.startswith("--config.") else ""
+      parts = path.split(".")
+      if missing and missing.group(1) in parts:
+        i = parts.index(missing.group(1))
+        hint = (f" (did you mean {'.'.join(parts[:i] + [guess.group(1)])!r}?)"
+                if guess else "")
+        return f"{arg}: the config has no field {'.'.join(parts[:i + 1])!r}{hint}. {CONFIGS_HINT}"
+    return f"a --config.<field> override names no field: {text.strip()}. {CONFIGS_HINT}"
+  # A config file's own exception arrives as a traceback inside the message: its
+  # last line says what went wrong (ValueError: unknown config variant 'gpu'; ...).
+  last = [line.strip() for line in text.strip().splitlines() if line.strip()][-1:]
+  detail = last[0] if last else type(error).__name__
+  detail = detail[len("ValueError: "):] if detail.startswith("ValueError: ") else detail
+  if isinstance(error, OSError) or "Traceback" in text:
+    return f"cannot load --config {config_file}: {detail} {CONFIGS_HINT}"
+  return text  # absl's own flag errors are one line already.
 
 
 def parse_labels(labels: str, num_classes: int, num_per_class: int) -> np.ndarray:

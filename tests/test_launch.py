@@ -92,11 +92,18 @@ def test_bad_input_is_a_message_not_a_trace(real_data_dir, tmp_path):
               "--config.optim.lr=-1", data_dir=real_data_dir)
   assert r.returncode != 0 and "error: optim.lr must be > 0" in r.stderr
   assert "Traceback" not in r.stderr
-  r = _launch("--config", "configs/mnist.py:smoke", "--config.optim.learning_rate=1",
+  # Config mistakes are one line too (ml_collections raises them as tracebacks).
+  r = _launch("--config", "configs/mnist.py:smoke", "--config.optim.lrr=1",
               data_dir=real_data_dir)
-  assert r.returncode != 0 and "learning_rate" in r.stderr
+  assert r.returncode != 0 and "Traceback" not in r.stderr
+  assert ("--config.optim.lrr=1: the config has no field 'optim.lrr' (did you mean "
+          "'optim.lr'?)") in r.stderr
   r = _launch("--config", "configs/mnist.py:gpu", data_dir=real_data_dir)
-  assert r.returncode != 0 and "unknown config variant" in r.stderr
+  assert r.returncode != 0 and "Traceback" not in r.stderr
+  assert "cannot load --config configs/mnist.py:gpu: unknown config variant" in r.stderr
+  r = _launch("--config=configs/mnst.py", data_dir=real_data_dir)
+  assert r.returncode != 0 and "Traceback" not in r.stderr
+  assert "cannot load --config configs/mnst.py: [Errno 2] No such file" in r.stderr
   r = _launch("--mode=sample", "--workdir", str(tmp_path / "nothing"), data_dir=real_data_dir)
   assert r.returncode != 0 and "error:" in r.stderr and "Traceback" not in r.stderr
   blocker = tmp_path / "a_file"
@@ -105,6 +112,27 @@ def test_bad_input_is_a_message_not_a_trace(real_data_dir, tmp_path):
               data_dir=real_data_dir)
   assert r.returncode != 0 and "cannot create the compilation cache folder" in r.stderr
   assert "Traceback" not in r.stderr
+
+
+def test_config_flag_errors_name_the_field():
+  import ml_collections
+  from jaxddpm import cli
+  config = ml_collections.ConfigDict({"optim": {"lr": 1.0}, "train": {"seed": 0}})
+  argv = ["launch.py", "--config", "c.py", "--config.train.seed=1", "--config.optim.lrr=2"]
+  with pytest.raises(AttributeError) as e:
+    config.optim.lrr
+  assert cli.config_flag_error(e.value, argv, "c.py").startswith(
+      "--config.optim.lrr=2: the config has no field 'optim.lrr' (did you mean 'optim.lr'?).")
+  with pytest.raises(KeyError) as e:
+    config["optimm"]
+  msg = cli.config_flag_error(e.value, ["launch.py", "--config.optimm.lr=2"], "c.py")
+  assert msg.startswith("--config.optimm.lr=2: the config has no field 'optimm' "
+                        "(did you mean 'optim'?).")
+  assert "configs/base.py" in msg
+  msg = cli.config_flag_error(OSError("Failed loading config file\n  Attempted:\n    "
+                                      "[Errno 2] No such file or directory: 'c.py'"),
+                              ["launch.py"], "c.py")
+  assert msg.startswith("cannot load --config c.py: [Errno 2] No such file or directory")
 
 
 def test_guidance_interval_flag_parsing():
