@@ -17,6 +17,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import errors as flax_errors
 
 from jaxddpm import diffusion, parallel, xla
 from jaxddpm import schedules as schedules_lib
@@ -295,13 +296,32 @@ def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = Fa
 
   def sample(params, key, labels):
     labels = check_labels(labels, num_classes)
+    check_key(key)
     # Split the batch over the devices when it divides evenly (same numbers either way).
     sharded = n_devices > 1 and labels.shape[0] % n_devices == 0
     if sharded:
       labels = parallel.shard_batch(labels, mesh)
-    return _sample(params, guide_params, key, labels, sharded)
+    try:
+      return _sample(params, guide_params, key, labels, sharded)
+    except (flax_errors.ScopeParamNotFoundError, flax_errors.ScopeParamShapeError) as e:
+      # Raised while tracing, before anything runs: params from another model.
+      raise ValueError(
+          f"params do not fit this config's model ({config.model.name}, image "
+          f"{'x'.join(map(str, shape))}): {str(e).split(' (https')[0]} Use the params "
+          "and config of one run: config, params = jaxddpm.load_checkpoint(workdir).") from e
 
   return sample
+
+
+def check_key(key) -> None:
+  """ValueError unless `key` is one PRNG key: jax.random.key(seed) or the older
+  jax.random.PRNGKey(seed) (uint32 [2]); JAX's own error comes from deep inside."""
+  shape, dtype = getattr(key, "shape", None), getattr(key, "dtype", None)
+  typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+  if not ((typed and shape == ()) or (not typed and dtype == jnp.uint32 and shape == (2,))):
+    got = f"shape {shape} and dtype {dtype}" if shape is not None else repr(key)
+    raise ValueError(f"key must be one PRNG key, e.g. jax.random.key(0), got "
+                     f"{type(key).__name__} {got}.")
 
 
 def check_labels(labels, num_classes: int) -> jnp.ndarray:

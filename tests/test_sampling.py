@@ -351,6 +351,16 @@ def test_make_sampler_end_to_end(tiny_config):
     sample(params, jax.random.key(0), [0, 4])
   with pytest.raises(ValueError, match="labels must be int"):
     sample(params, jax.random.key(0), np.zeros((2,), np.float32))
+  assert sample(params, jax.random.PRNGKey(0), [0, 1]).shape == (2, 8, 8, 1)  # Old-style key.
+  for key in (0, jax.random.split(jax.random.key(0), 2), np.zeros(2, np.float32)):
+    with pytest.raises(ValueError, match=r"key must be one PRNG key, e.g. jax.random.key\(0\)"):
+      sample(params, key, [0, 1])
+  # Params of another model: a message that says so, not flax's scope error.
+  wrong = jax.tree.map(lambda p: p[..., :1], params)
+  with pytest.raises(ValueError, match="params do not fit this config's model.*load_checkpoint"):
+    sample(wrong, jax.random.key(0), [0, 1])
+  with pytest.raises(ValueError, match="params do not fit.*Could not find parameter"):
+    sample({"other": params}, jax.random.key(0), [0, 1])
   with pytest.raises(ValueError, match="unknown sampling option"):
     sampling.make_sampler(tiny_config, guidance=3.0)
   with pytest.raises(ValueError, match="guidance_scale"):
