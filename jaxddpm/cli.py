@@ -178,8 +178,6 @@ def evaluate(workdir: str, *, num_samples=None, sampler=None, steps=None, guidan
              which: str = "best", out: str | None = None, quiet: bool = False) -> dict:
   """Scores a checkpoint's samples (jaxddpm/evaluate.py); writes eval.json."""
   from jaxddpm import evaluate as evaluate_lib
-  if num_samples is not None and num_samples < 2:
-    raise ValueError(f"--num_samples must be >= 2, got {num_samples}.")
   overrides = sampling_overrides(sampler=sampler, steps=steps, guidance_scale=guidance_scale,
                                  eta=eta, guidance_interval=guidance_interval,
                                  guide_workdir=guide_workdir)

@@ -146,13 +146,18 @@ def evaluate_checkpoint(workdir: str, *, num_samples: int | None = None, which: 
   """Generates num_samples images from a workdir's checkpoint, scores them and their
   floor, and writes the result to workdir/eval.json (or `out`). Returns it."""
   config, params = checkpoint.load_checkpoint(workdir, which=which)
-  n = int(num_samples or config.eval.num_samples)
+  n = int(config.eval.num_samples if num_samples is None else num_samples)
+  k = evaluator.k if evaluator is not None else config.eval.pr_k
+  if n <= k:
+    raise ValueError(f"num_samples must be more than eval.pr_k={k} (precision and recall "
+                     f"look at each image's {k} nearest neighbours), got {n}.")
+  # Bad sampling options fail here, before a classifier that is not cached yet trains.
+  sample = sampling.make_sampler(config, with_stats=True, **sampling_overrides)
   if evaluator is None:
     evaluator = make_evaluator(config.data, cache_dir=cache_dir or config.eval.cache_dir or None,
-                               spec=classifier_spec(config), k=config.eval.pr_k, quiet=quiet)
+                               spec=classifier_spec(config), k=k, quiet=quiet)
   labels = evaluator.generation_labels(n)
   t0 = time.perf_counter()
-  sample = sampling.make_sampler(config, with_stats=True, **sampling_overrides)
   imgs = generate(sample, params, labels, jax.random.key(seed),
                   batch_size=config.eval.batch_size, quiet=quiet)
   sample_seconds = time.perf_counter() - t0

@@ -81,3 +81,13 @@ def test_training_with_evaluation_keeps_the_best_frechet_checkpoint(smoke_config
   assert sorted(int(d) for d in os.listdir(best_dir) if d.isdigit()) == [best_step]
   config, params = checkpoint.load_checkpoint(workdir, which="best")
   assert config.eval.every_epochs == 1 and jax.tree.leaves(params)
+  # Bad requests fail at once: no sampling, and no classifier trained into a new cache.
+  fresh_cache = tmp_path / "fresh_cache"
+  k = config.eval.pr_k
+  for n in (0, k):
+    with pytest.raises(ValueError, match=f"num_samples must be more than eval.pr_k={k}.*got {n}"):
+      evaluate.evaluate_checkpoint(workdir, num_samples=n, cache_dir=str(fresh_cache))
+  with pytest.raises(ValueError, match="steps must be"):
+    evaluate.evaluate_checkpoint(workdir, num_samples=40, cache_dir=str(fresh_cache),
+                                 steps=10**6)
+  assert not fresh_cache.exists() or not any(fresh_cache.iterdir())
