@@ -87,6 +87,9 @@ def _check_train_config(config) -> None:
                "checkpoint_every_steps", "samples_per_class"):
     if t[name] < 1:
       raise ValueError(f"train.{name} must be >= 1, got {t[name]}.")
+  for name in ("num_epochs", "num_steps", "early_stopping_patience"):
+    if t[name] < 0:
+      raise ValueError(f"train.{name} must be >= 0, got {t[name]}.")
   if t.num_epochs < 1 and t.num_steps < 1:
     raise ValueError("set train.num_epochs or train.num_steps to at least 1.")
   for name in ("batch_size", "eval_batch_size"):

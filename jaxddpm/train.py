@@ -52,6 +52,12 @@ def make_optimizer(optim) -> optax.GradientTransformation:
     raise ValueError(f"optim.lr must be > 0, got {optim.lr}.")
   if optim.warmup_steps < 0 or optim.grad_clip < 0:
     raise ValueError("optim.warmup_steps and optim.grad_clip must be >= 0.")
+  if optim.weight_decay < 0 or not (0.0 <= optim.b1 < 1.0 and 0.0 <= optim.b2 < 1.0):
+    raise ValueError(f"optim.weight_decay must be >= 0 and optim.b1, optim.b2 in [0, 1); got "
+                     f"{optim.weight_decay}, {optim.b1}, {optim.b2}.")
+  if not 0.0 <= optim.ema_decay < 1.0:  # ema_decay 1 would never move from the init.
+    raise ValueError(f"optim.ema_decay must be in [0, 1) (0.999-0.9999 usual), got "
+                     f"{optim.ema_decay}.")
   lr = lr_schedule(optim)
   if optim.optimizer == "adam":
     opt = optax.adam(lr, b1=optim.b1, b2=optim.b2)
@@ -78,6 +84,11 @@ def make_plateau(optim) -> optax.GradientTransformationExtraArgs:
   """ReduceLROnPlateau on the validation loss, stepped once per epoch."""
   if not 0.0 < optim.plateau_factor <= 1.0:
     raise ValueError(f"optim.plateau_factor must be in (0, 1], got {optim.plateau_factor}.")
+  if not 0.0 < optim.plateau_min_scale <= 1.0:
+    raise ValueError(f"optim.plateau_min_scale must be in (0, 1], got {optim.plateau_min_scale}.")
+  for name in ("plateau_patience", "plateau_cooldown", "plateau_rtol"):
+    if optim[name] < 0:
+      raise ValueError(f"optim.{name} must be >= 0, got {optim[name]}.")
   return optax.contrib.reduce_on_plateau(
       factor=optim.plateau_factor, patience=optim.plateau_patience,
       cooldown=optim.plateau_cooldown, rtol=optim.plateau_rtol,
@@ -134,6 +145,8 @@ def check_diffusion_config(d) -> None:
                      f"choose one of {diffusion.WEIGHTINGS}.")
   if not 0.0 <= d.p_uncond <= 1.0:
     raise ValueError(f"diffusion.p_uncond must be in [0, 1], got {d.p_uncond}.")
+  if d.loss_weighting == "min_snr" and not d.min_snr_gamma > 0:
+    raise ValueError(f"diffusion.min_snr_gamma must be > 0 (5 usual), got {d.min_snr_gamma}.")
   if d.zero_terminal_snr and d.prediction == "eps":
     raise ValueError("zero_terminal_snr makes eps-prediction undefined at the last step; "
                      "set diffusion.prediction to 'v' (recommended) or 'x0'.")

@@ -34,6 +34,10 @@ def build_model(config):
                        "must be divisible by 4.")
     return TemplateUNet(**TEMPLATE_PRESETS[m.template_preset], **common)
   if m.name == "unet":
+    if m.num_res_blocks < 1 or m.base_channels < 1 or not 0.0 <= m.dropout < 1.0:
+      raise ValueError(f"UNet needs model.num_res_blocks >= 1, model.base_channels >= 1 and "
+                       f"model.dropout in [0, 1); got {m.num_res_blocks}, {m.base_channels} "
+                       f"and {m.dropout}.")
     model = UNet(base_channels=m.base_channels, channel_mults=tuple(m.channel_mults),
                  num_res_blocks=m.num_res_blocks,
                  attention_resolutions=tuple(m.attention_resolutions),
