@@ -58,8 +58,11 @@ class Split:
 def read_idx(path: str) -> np.ndarray:
   """Reads an IDX file (gzipped or not) into a uint8 array of its stated shape."""
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    raw = f.read()
+  try:
+    with opener(path, "rb") as f:
+      raw = f.read()
+  except (OSError, EOFError) as e:  # gzip's BadGzipFile is an OSError.
+    raise _damaged(path, e) from e
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
     raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
   ndim = raw[3]
@@ -68,6 +71,11 @@ def read_idx(path: str) -> np.ndarray:
   if data.size != int(np.prod(dims)):
     raise ValueError(f"{path}: header says {dims} but holds {data.size} bytes (truncated?).")
   return data.reshape(dims)
+
+
+def _damaged(path: str, e: Exception) -> ValueError:
+  return ValueError(f"cannot read {path}: {type(e).__name__}: {e}. The file is damaged or "
+                    "a partial download: download it again.")
 
 
 def _find_files(folder_candidates, names) -> str | None:
@@ -95,13 +103,19 @@ def _load_cifar_binary(path: str, split: str) -> Split:
   members = ([f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train"
              else ["test_batch.bin"])
   chunks = []
-  with tarfile.open(path, "r:gz") as tar:
-    by_name = {os.path.basename(m.name): m for m in tar.getmembers()}
-    for name in members:
-      if name not in by_name:
-        raise ValueError(f"{path} lacks {name}: is it the binary version of CIFAR-10?")
-      chunks.append(np.frombuffer(tar.extractfile(by_name[name]).read(), np.uint8))
-  records = np.concatenate(chunks).reshape(-1, 1 + 3 * 32 * 32)
+  try:
+    with tarfile.open(path, "r:gz") as tar:
+      by_name = {os.path.basename(m.name): m for m in tar.getmembers()}
+      for name in members:
+        if name not in by_name:
+          raise ValueError(f"{path} lacks {name}: is it the binary version of CIFAR-10?")
+        chunks.append(np.frombuffer(tar.extractfile(by_name[name]).read(), np.uint8))
+  except (tarfile.TarError, OSError, EOFError) as e:
+    raise _damaged(path, e) from e
+  record = 1 + 3 * 32 * 32  # A label byte, then the image as 3 planes of 32x32.
+  if sum(c.size for c in chunks) % record:
+    raise _damaged(path, ValueError("its batches are not whole 3,073-byte records"))
+  records = np.concatenate(chunks).reshape(-1, record)
   images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
   return Split(np.ascontiguousarray(images), records[:, 0].astype(np.int32))
 

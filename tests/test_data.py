@@ -62,6 +62,14 @@ def test_read_idx_rejects_bad_files(tmp_path):
     f.write(b"PK\x03\x04 not idx")
   with pytest.raises(ValueError, match="magic"):
     data.read_idx(str(bad))
+  # A download cut short, and a file that is not gzip at all: gzip's own errors.
+  good = gzip.compress(b"\x00\x00\x08\x01" + (5000).to_bytes(4, "big") + bytes(5000))
+  bad.write_bytes(good[:len(good) // 2])
+  with pytest.raises(ValueError, match="cannot read .*x.gz: EOFError.*download it again"):
+    data.read_idx(str(bad))
+  bad.write_bytes(b"<html>rate limited</html>")
+  with pytest.raises(ValueError, match="cannot read .*x.gz: BadGzipFile.*download it again"):
+    data.read_idx(str(bad))
 
 
 def test_cifar_binary_offline(tmp_path):
@@ -83,6 +91,10 @@ def test_cifar_binary_offline(tmp_path):
   raw = np.frombuffer(tarfile.open(fileobj=io.BytesIO(buf.getvalue())).extractfile(
       "cifar-10-batches-bin/data_batch_1.bin").read(), np.uint8)
   np.testing.assert_array_equal(train.images[0, :, :, 1].ravel(), raw[1 + 1024:1 + 2048])
+  # A partial download of the archive.
+  (tmp_path / "cifar10" / data.CIFAR_FILE).write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2])
+  with pytest.raises(ValueError, match="cannot read .*cifar.*download it again"):
+    data.load_split(cfg, "train")
 
 
 @pytest.mark.parametrize("dataset,shape,cond", [
