@@ -137,6 +137,36 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_fill_defaults(saved, _base_defaults()))
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether workdir holds a complete train state to resume (Orbax names each step's
+  folder by its number; a write cut short leaves `<step>.orbax-checkpoint-tmp`)."""
+  folder = _dir(workdir, "latest")
+  return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+
+
+def config_changes(workdir: str, config) -> dict[str, tuple]:
+  """{"section.field": (saved value, new value)} for the fields of the workdir's
+  config.json that `config` sets differently ({} without a config.json). Fields the
+  saved file lacks (added to jaxddpm since) are not compared."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    saved = _flat(json.load(f))
+  new = _flat(json.loads(config.to_json_best_effort()))  # Tuples as lists, as saved.
+  return {k: (v, new.get(k)) for k, v in saved.items() if new.get(k, v) != v}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
 def _base_defaults() -> dict:
   """configs/base.py's fields, for workdirs saved before a field existed."""
   from configs import base  # Local: configs/ sits beside the package, as in launch.py.

@@ -98,6 +98,29 @@ def _check_train_config(config) -> None:
                        f"{jax.device_count()} devices; use a multiple of {jax.device_count()}.")
 
 
+# What a run learns from: resuming with one of these changed would go on training
+# one run's weights on another's data, model or noise schedule (the data order and
+# the validation split follow train.seed and train.batch_size). Where the data
+# lives and the compute dtype may change between sessions.
+RUN_DEFINING = ("data.", "model.", "diffusion.", "train.seed", "train.batch_size")
+MAY_CHANGE_ON_RESUME = ("data.dir", "data.tfds_dir", "model.dtype")
+
+
+def check_resume_config(workdir: str, config) -> dict[str, tuple]:
+  """ValueError if `config` changes a run-defining field of the run in `workdir`;
+  else the fields it changes (optimizer, length, intervals, sampling), to log."""
+  changes = checkpoint.config_changes(workdir, config)
+  fixed = {k: v for k, v in changes.items()
+           if k.startswith(RUN_DEFINING) and k not in MAY_CHANGE_ON_RESUME}
+  if fixed:
+    listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(fixed.items()))
+    raise ValueError(
+        f"{workdir} holds a run trained with another config ({listed}). Resuming would mix "
+        f"two runs: use a new --workdir, or the settings in {workdir}/{checkpoint.CONFIG_FILE} "
+        "(optimizer, length and sampling settings may change on a resume).")
+  return changes
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) the model of `config` in `workdir`. Returns a summary.
 
@@ -107,6 +130,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   _check_train_config(config)
   check_diffusion_config(config.diffusion)
   _prepare_workdir(workdir)
+  # Before any loading: a resume with another run's config fails in a second.
+  resuming = checkpoint.has_checkpoint(workdir)
+  changed = check_resume_config(workdir, config) if resuming else {}
   splits = data.load(config.data, config.train.seed)
   B = config.train.batch_size
   steps_per_epoch = len(splits["train"]) // B
@@ -140,6 +166,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   grid_labels = _grid_labels(config, splits["val"])
   evaluator = _make_evaluator(config)
   log = progress.MetricsLog(os.path.join(workdir, "metrics.jsonl"), writer=lead)
+  if resuming:
+    log.write(step=int(state.step), event="resume",
+              changed={k: list(v) for k, v in sorted(changed.items())})
+    if changed and lead:  # One line even when quiet: the run is no longer as first set.
+      print(f"resuming at step {int(state.step)} with changed settings: " + "; ".join(
+          f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())), file=sys.stderr)
   bar = progress.Progress(total, "train", start=int(state.step),
                           quiet=config.train.quiet or not lead)
   patience = config.train.early_stopping_patience

@@ -138,10 +138,27 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(smoke_config, tmp_p
     smoke_config.train.num_steps = 4
   loop.train_and_evaluate(smoke_config, str(tmp_path))
   smoke_config.model.base_channels = 16
-  with pytest.raises(ValueError, match="another model"):
+  with pytest.raises(ValueError, match=r"another config \(model.base_channels: 8 -> 16\)"):
     loop.train_and_evaluate(smoke_config, str(tmp_path))
   saved = json.load(open(tmp_path / "config.json"))
   assert saved["model"]["base_channels"] == 8  # The workdir's record is untouched.
+  # The same shapes but another dataset restored fine and trained on, mixing two runs.
+  smoke_config.model.base_channels = 8
+  smoke_config.data.dataset = "fashion_mnist"
+  with pytest.raises(ValueError, match="data.dataset: 'mnist' -> 'fashion_mnist'.*new --workdir"):
+    loop.train_and_evaluate(smoke_config, str(tmp_path))
+  # Where the data lives, the length and the optimizer may change; the run says so.
+  smoke_config.data.dataset = "mnist"
+  with smoke_config.unlocked():
+    smoke_config.train.num_steps = 6
+    smoke_config.optim.lr = 5e-4
+    smoke_config.data.dir = smoke_config.data.dir + "/"
+  assert loop.train_and_evaluate(smoke_config, str(tmp_path))["step"] == 6
+  resumes = [m for m in progress.read_metrics(str(tmp_path / "metrics.jsonl"))
+             if m.get("event") == "resume"]
+  assert len(resumes) == 1 and resumes[0]["step"] == 4
+  assert set(resumes[0]["changed"]) == {"train.num_steps", "optim.lr", "data.dir"}
+  assert resumes[0]["changed"]["train.num_steps"] == [4, 6]
 
 
 def test_unwritable_workdir(smoke_config, tmp_path):
