@@ -87,7 +87,13 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)  # Orbax logs every save, and read-only opens, below this.
   if FLAGS.multihost:
     import jax
-    jax.distributed.initialize()  # Before any other JAX call: every host's devices join.
+    try:
+      jax.distributed.initialize()  # Before any other JAX call: every host's devices join.
+    except (ValueError, RuntimeError) as e:
+      sys.exit(f"error: --multihost: jax.distributed.initialize() failed: {e} Start the "
+               "command on every host under SLURM or on a Cloud TPU pod, or set "
+               "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID on each; "
+               "on one machine leave --multihost out.")
   # Imported here so that `--help` stays fast.
   from jaxddpm import cli
   config_path = flags.FLAGS["config"].config_filename if FLAGS.config is not None else None

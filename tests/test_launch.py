@@ -104,6 +104,9 @@ def test_bad_input_is_a_message_not_a_trace(real_data_dir, tmp_path):
   r = _launch("--config=configs/mnst.py", data_dir=real_data_dir)
   assert r.returncode != 0 and "Traceback" not in r.stderr
   assert "cannot load --config configs/mnst.py: [Errno 2] No such file" in r.stderr
+  r = _launch("--multihost", "--mode=sample", "--workdir", str(tmp_path), data_dir=real_data_dir)
+  assert r.returncode != 0 and "Traceback" not in r.stderr
+  assert "--multihost: jax.distributed.initialize() failed" in r.stderr
   r = _launch("--mode=sample", "--workdir", str(tmp_path / "nothing"), data_dir=real_data_dir)
   assert r.returncode != 0 and "error:" in r.stderr and "Traceback" not in r.stderr
   blocker = tmp_path / "a_file"
