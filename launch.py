@@ -122,6 +122,8 @@ def main(argv):
         cli.evaluate(workdir, num_samples=FLAGS.num_samples, quiet=FLAGS.quiet, **sampling)
   except (ValueError, FloatingPointError) as e:  # Bad input or NaN: a message, not a trace.
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt:  # Training has said what it kept; no trace.
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   bad_epochs = int(state.bad_epochs)  # Host copy: no device sync per chunk.
   last_log_time, last_log_step = time.perf_counter(), step
   pending = []
+  validated = step  # The last epoch end whose validation ran (a resume starts past it).
   try:
     while step < total and not (patience and bad_epochs >= patience):
       epoch = step // steps_per_epoch
@@ -219,12 +220,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
         # not replicated over the mesh: the next chunk call would compile again.
         state = parallel.replicate(state, mesh)
         _timed_save(ckpt, log, state, step, best=improved)
+        validated = step
       elif must_save:
         _timed_save(ckpt, log, state, step)
       if config.train.sample_every_steps and crossed(config.train.sample_every_steps):
         _write_grid(workdir, step, sampler, state.ema_params, grid_labels, config, root_key)
     stopped_early = step < total
     ckpt.save(state)
+  except KeyboardInterrupt:
+    flush = lambda: _flush_metrics(pending, log, bar, ckpt, state, lr_at, last_log_time,
+                                   last_log_step, B)
+    saved = _save_interrupted(ckpt, state, flush, validated, steps_per_epoch)
+    if lead:
+      bar.close()
+      print(f"interrupted: saved step {saved}; run the same command to resume from it."
+            if saved is not None else "interrupted: the last complete checkpoint stands; run "
+            "the same command to resume from it.", file=sys.stderr)
+    raise
   finally:
     bar.close()
     failing = sys.exc_info()[0] is not None
@@ -242,6 +254,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  metrics=os.path.join(workdir, "metrics.jsonl"))
   log.write(event="done", **{k: v for k, v in summary.items() if k != "workdir"})
   return summary
+
+
+def _save_interrupted(ckpt, state, flush, validated: int, steps_per_epoch: int):
+  """On Ctrl-C, checkpoints the last finished chunk so that a rerun resumes there and
+  not at the last interval checkpoint (up to train.checkpoint_every_steps back).
+  Returns the step saved, or None where the last checkpoint must stand: the
+  interrupt caught a chunk mid-dispatch (its donated input state is gone), or an
+  epoch end before its validation ran (a resume would skip it), or the state is
+  not finite, or the run spans several hosts (their saves must be coordinated)."""
+  if jax.process_count() > 1:
+    return None
+  if any(leaf.is_deleted() for leaf in jax.tree.leaves(state) if isinstance(leaf, jax.Array)):
+    return None
+  step = int(state.step)
+  if step % steps_per_epoch == 0 and step != validated:
+    return None
+  flush()  # Logs the finished steps; NonFiniteError if one of them was not finite.
+  if not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(state.params)):
+    return None  # A chunk whose metrics were never fetched may have diverged.
+  ckpt.save(state)
+  return step
 
 
 def _make_evaluator(config):

@@ -55,9 +55,11 @@ class Progress:
     self.stream.flush()
 
   def close(self) -> None:
-    if self.tty and not self.quiet:
+    """Ends the bar's line; again is a no-op (an interrupt closes it early)."""
+    if self.tty and not self.quiet and not getattr(self, "_closed", False):
       self.stream.write("\n")
       self.stream.flush()
+    self._closed = True
 
 
 class MetricsLog:

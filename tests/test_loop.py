@@ -19,8 +19,18 @@ def _leaves_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path):
-  full = loop.train_and_evaluate(smoke_config, str(tmp_path / "full"))
+@pytest.fixture(scope="module")
+def full_run(real_data_dir, tmp_path_factory):
+  """An uninterrupted :smoke run (32 steps), for the resume tests to match."""
+  from configs import mnist
+  config = mnist.get_config("smoke")
+  config.data.dir = real_data_dir
+  workdir = str(tmp_path_factory.mktemp("full"))
+  return workdir, loop.train_and_evaluate(config, workdir)
+
+
+def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path, full_run):
+  full_dir, full = full_run
   assert full["step"] == 32 and os.path.isfile(full["samples"])
   part = str(tmp_path / "part")
   with smoke_config.unlocked():
@@ -29,10 +39,10 @@ def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path):
   with smoke_config.unlocked():
     smoke_config.train.num_steps = 0  # ...then rerun to the end in the same workdir.
   assert loop.train_and_evaluate(smoke_config, part)["step"] == 32
-  _, a = checkpoint.load_checkpoint(str(tmp_path / "full"), which="latest", ema=False)
+  _, a = checkpoint.load_checkpoint(full_dir, which="latest", ema=False)
   _, b = checkpoint.load_checkpoint(part, which="latest", ema=False)
   _leaves_equal(a, b)
-  _, a = checkpoint.load_checkpoint(str(tmp_path / "full"), which="latest")
+  _, a = checkpoint.load_checkpoint(full_dir, which="latest")
   _, b = checkpoint.load_checkpoint(part, which="latest")
   _leaves_equal(a, b)
   metrics = progress.read_metrics(os.path.join(part, "metrics.jsonl"))
@@ -43,8 +53,34 @@ def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path):
   saved = {m["step"] for m in metrics if "checkpoint_seconds" in m}
   assert {8, 11, 16, 24, 32} <= saved  # Every 8 steps, the stop at 11, epoch ends.
   assert [m["val_loss"] for m in metrics if "val_loss" in m] == [
-      m["val_loss"] for m in progress.read_metrics(str(tmp_path / "full" / "metrics.jsonl"))
+      m["val_loss"] for m in progress.read_metrics(os.path.join(full_dir, "metrics.jsonl"))
       if "val_loss" in m]
+
+
+def test_ctrl_c_saves_the_last_finished_chunk(smoke_config, tmp_path, monkeypatch, full_run):
+  """KeyboardInterrupt while training keeps the work since the last checkpoint, except
+  at an epoch end whose validation has not run; the rerun equals an uninterrupted run."""
+  _, want = checkpoint.load_checkpoint(full_run[0], which="latest", ema=False)
+  write = progress.MetricsLog.write
+  # Interrupts arrive where the loop blocks: fetching a chunk's metrics to log them.
+  for stop_at, kept in ((12, 12), (16, 8)):  # Saves every 8 steps; 16 steps per epoch.
+    fired = []
+
+    def interrupting(self, **record):
+      if record.get("step") == stop_at and "loss" in record and not fired:
+        fired.append(True)
+        raise KeyboardInterrupt
+      return write(self, **record)
+
+    monkeypatch.setattr(progress.MetricsLog, "write", interrupting)
+    run = tmp_path / f"stop_{stop_at}"
+    with pytest.raises(KeyboardInterrupt):
+      loop.train_and_evaluate(smoke_config, str(run))
+    assert max(int(d) for d in os.listdir(run / "checkpoints" / "latest") if d.isdigit()) == kept
+    monkeypatch.setattr(progress.MetricsLog, "write", write)
+    assert loop.train_and_evaluate(smoke_config, str(run))["step"] == 32
+    _, got = checkpoint.load_checkpoint(str(run), which="latest", ema=False)
+    _leaves_equal(want, got)
 
 
 def test_steps_per_dispatch_does_not_change_training(smoke_config, tmp_path, monkeypatch):
