@@ -10,6 +10,7 @@
 """
 
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -82,6 +83,10 @@ def _config_arg(argv):
   return None
 
 
+def _interrupt(signum, frame):
+  raise KeyboardInterrupt
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)  # Orbax logs every save, and read-only opens, below this.
@@ -107,6 +112,8 @@ def main(argv):
     if FLAGS.mode == "train":
       if FLAGS.config is None:
         raise app.UsageError("--mode=train needs --config.")
+      # SIGTERM (SLURM preemption, `kill`) stops training as Ctrl-C does: work kept.
+      signal.signal(signal.SIGTERM, _interrupt)
       cli.train(FLAGS.config, workdir, quiet=FLAGS.quiet)
     else:
       sampling = dict(sampler=FLAGS.sampler, steps=FLAGS.steps,

@@ -55,6 +55,26 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(smoke_config,
   _assert_same_params(got, want)
 
 
+def test_sigterm_stops_training_with_its_work_saved(real_data_dir, tmp_path):
+  """SLURM preemption and `kill` send SIGTERM: handled as Ctrl-C, a message, no trace."""
+  workdir = str(tmp_path)
+  cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--config", "configs/mnist.py:smoke",
+         "--workdir", workdir, "--config.train.num_steps=100000"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, JAXDDPM_DATA_DIR=real_data_dir),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  for _ in range(6000):  # A watchdog of ~5 minutes, not a speed check.
+    if _steps(workdir) or proc.poll() is not None:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+  assert "interrupted: " in err and "run the same command to resume" in err
+  if "interrupted: saved step " in err:  # Else it fell on an epoch end before validation.
+    saved = int(err.split("interrupted: saved step ")[1].split(";")[0])
+    assert _steps(workdir)[-1] == saved >= 8
+
+
 def test_write_cut_short_leaves_the_previous_checkpoint_restorable(smoke_config, tmp_path):
   with smoke_config.unlocked():
     smoke_config.train.num_steps = 8
