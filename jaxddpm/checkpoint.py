@@ -1,7 +1,8 @@
 """Orbax checkpoints under `workdir/checkpoints/` and loading them from scripts.
 
 Two managers: `latest/` keeps the last k train states (for resuming), `best/` the
-one with the lowest validation loss (for sampling). `workdir/config.json` holds
+one with the lowest Frechet distance when in-training evaluation is on, else the
+lowest validation loss (for sampling). `workdir/config.json` holds
 the config the run was made with, so a checkpoint can be used without it.
 Orbax writes each step to a temporary folder and renames it when complete, so a
 run killed mid-write leaves the previous checkpoint restorable.
@@ -189,8 +190,8 @@ def load_checkpoint(workdir: str, *, which: str = "best", ema: bool = True):
 
   Args:
     workdir: a training run's folder.
-    which: "best" (lowest validation loss) or "latest"; falls back to latest when
-      no best exists yet.
+    which: "best" (lowest Frechet distance with in-training evaluation on, else
+      lowest validation loss) or "latest"; falls back to latest when no best exists yet.
     ema: the EMA params (default, what samples best) or the raw ones.
   Returns:
     (ConfigDict, params pytree) ready for `make_sampler(config)(params, key, labels)`.

@@ -5,10 +5,17 @@ decides when things happen.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sys
 import time
 from typing import Callable
+
+try:
+  import fcntl  # POSIX; elsewhere training runs without a workdir lock.
+except ImportError:
+  fcntl = None
 
 import jax
 import jax.numpy as jnp
@@ -125,11 +132,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) the model of `config` in `workdir`. Returns a summary.
 
   workdir gets: config.json, metrics.jsonl, checkpoints/{latest,best}/,
-  samples/step_*.png. Running again with the same workdir resumes.
+  samples/step_*.png. Running again with the same workdir resumes. While it runs
+  the workdir is locked: a second training run there is a ValueError.
   """
   _check_train_config(config)
   check_diffusion_config(config.diffusion)
   _prepare_workdir(workdir)
+  with _workdir_lock(workdir):
+    return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> dict:
   # Before any loading: a resume with another run's config fails in a second.
   resuming = checkpoint.has_checkpoint(workdir)
   changed = check_resume_config(workdir, config) if resuming else {}
@@ -314,6 +327,39 @@ def _evaluate_samples(evaluator, sampler, state, config, root_key, log, step):
   improved = result["frechet_distance"] < float(state.best_frechet)
   best = min(result["frechet_distance"], float(state.best_frechet))
   return state.replace(best_frechet=jnp.float32(best)), improved
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str):
+  """Holds workdir/.lock for a training run: two runs in one workdir would write the
+  same checkpoints and metrics. The OS drops the lock when the process ends, even
+  by SIGKILL. Only the first host locks (all hosts share the workdir); a filesystem
+  without locks (some network mounts) runs unlocked."""
+  if fcntl is None or jax.process_index():
+    yield
+    return
+  with open(os.path.join(workdir, ".lock"), "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      locked = True
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      raise ValueError(f"{workdir} is in use by another training run ({holder}): wait for it "
+                       "to end or stop it (Ctrl-C keeps its work), or use another --workdir."
+                       ) from None
+    except OSError:
+      locked = False  # This filesystem has no locks.
+    if locked:
+      f.seek(0)
+      f.truncate()
+      f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+      f.flush()
+    try:
+      yield
+    finally:
+      if locked:
+        fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _prepare_workdir(workdir: str) -> None:

@@ -197,6 +197,22 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(smoke_config, tmp_p
   assert resumes[0]["changed"]["train.num_steps"] == [4, 6]
 
 
+def test_a_second_training_run_in_one_workdir_is_an_error(smoke_config, tmp_path):
+  import fcntl
+  with open(tmp_path / ".lock", "a+") as held:  # What a running training process holds.
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    held.write("pid 123 on node7")
+    held.flush()
+    with pytest.raises(ValueError, match=r"in use by another training run \(pid 123 on node7\)"):
+      loop.train_and_evaluate(smoke_config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "config.json")  # Nothing of the run was touched.
+  with smoke_config.unlocked():
+    smoke_config.train.num_steps = 2
+  assert loop.train_and_evaluate(smoke_config, str(tmp_path))["step"] == 2
+  with open(tmp_path / ".lock", "a+") as f:  # Released at the end of the run: no
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError here.
+
+
 def test_unwritable_workdir(smoke_config, tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a folder")
