@@ -48,6 +48,19 @@ def train(config, workdir: str, *, quiet: bool = False) -> dict:
   return summary
 
 
+def cpu_note(config_path: str | None, backend: str) -> str | None:
+  """A line for someone about to train a GPU config on a CPU, where the default
+  UNet trains at ~19 images/s on 2 cores (docs/RESULTS.md): about an hour per
+  MNIST epoch, days for the whole run, and the :cpu variant exists for this."""
+  if backend != "cpu" or not config_path:
+    return None
+  path, _, variant = config_path.partition(":")
+  if variant:
+    return None
+  return (f"note: {path} is sized for a GPU; on this CPU each epoch takes about an hour "
+          f"or more. {path}:cpu trains a smaller model in about 10 minutes (2 cores).")
+
+
 _SAMPLING_FLAGS = ("sampler", "steps", "guidance_scale", "eta", "guidance_interval",
                    "guide_workdir", "seed", "which", "out")
 # The launch.py flags each mode reads (beside --config, --workdir, --quiet, ...).

@@ -138,6 +138,15 @@ def test_config_flag_errors_name_the_field():
   assert msg.startswith("cannot load --config c.py: [Errno 2] No such file or directory")
 
 
+def test_a_gpu_config_on_a_cpu_gets_a_note():
+  from jaxddpm import cli
+  note = cli.cpu_note("configs/fmnist.py", "cpu")
+  assert "configs/fmnist.py is sized for a GPU" in note and "configs/fmnist.py:cpu" in note
+  assert cli.cpu_note("configs/fmnist.py:cpu", "cpu") is None
+  assert cli.cpu_note("configs/fmnist.py:smoke", "cpu") is None
+  assert cli.cpu_note("configs/fmnist.py", "gpu") is None
+
+
 def test_guidance_interval_flag_parsing():
   from jaxddpm import cli
   assert cli.parse_interval(None) is None
