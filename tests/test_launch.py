@@ -173,3 +173,13 @@ def test_a_flag_the_mode_ignores_is_an_error():
     cli.check_mode_flags("train", {"guidance_scale"})
   with pytest.raises(ValueError, match="--num_per_class, --pictures"):
     cli.check_mode_flags("evaluate", {"pictures", "num_per_class"})
+
+
+def test_the_readme_python_api_is_exported():
+  import jaxddpm
+  from jaxddpm import checkpoint, evaluate, loop, sampling
+  assert jaxddpm.load_checkpoint is checkpoint.load_checkpoint
+  assert jaxddpm.make_sampler is sampling.make_sampler
+  assert jaxddpm.train_and_evaluate is loop.train_and_evaluate
+  assert jaxddpm.evaluate_checkpoint is evaluate.evaluate_checkpoint
+  assert all(hasattr(jaxddpm, name) for name in jaxddpm.__all__)
