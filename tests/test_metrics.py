@@ -131,6 +131,10 @@ def test_classifier_cache_round_trip_and_damage(mnist_splits, tmp_path):
     f.write(b"not msgpack")
   with pytest.raises(ValueError, match="damaged"):
     classifier.load_or_train(d, spec=TINY, cache_dir=str(tmp_path), quiet=True)
+  with open(os.path.join(meta1["path"], "meta.json"), "w") as f:
+    f.write("{cut short")
+  with pytest.raises(ValueError, match=r"damaged \(.*meta.json: JSONDecodeError.*delete that"):
+    classifier.load_or_train(d, spec=TINY, cache_dir=str(tmp_path), quiet=True)
   with pytest.raises(ValueError, match="uint8"):
     apply1(np.zeros((2, 28, 28, 1), np.float32))
 

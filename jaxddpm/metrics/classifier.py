@@ -218,9 +218,14 @@ def load_or_train(data_config, *, spec: Spec | None = None, cache_dir: str | Non
   params_path, meta_path = os.path.join(folder, "params.msgpack"), os.path.join(folder,
                                                                                "meta.json")
   if os.path.isfile(meta_path) and os.path.isfile(params_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
-    model = Classifier(spec, meta["num_outputs"])
+    try:
+      with open(meta_path) as f:
+        meta = json.load(f)
+      model = Classifier(spec, meta["num_outputs"])
+    except (ValueError, KeyError, TypeError) as e:  # json's errors are ValueErrors.
+      raise ValueError(f"the cached classifier in {folder} is damaged ({meta_path}: "
+                       f"{type(e).__name__}: {e}); delete that folder and it will be "
+                       "retrained.") from e
     template = jax.jit(model.init)(jax.random.key(0), jnp.zeros(
         (1, data_config.image_size, data_config.image_size, data_config.channels),
         jnp.uint8))["params"]
