@@ -167,6 +167,11 @@ def test_load_checkpoint_errors(smoke_config, tmp_path):
     checkpoint.load_checkpoint(str(tmp_path))
   with pytest.raises(ValueError, match="which"):
     checkpoint.load_checkpoint(str(tmp_path), which="first")
+  for damage in ("{cut short", '{"data": 3}', "[]"):
+    (tmp_path / "config.json").write_text(damage)
+    with pytest.raises(ValueError, match="config.json is damaged.*delete it and run the "
+                                         "training command again"):
+      checkpoint.load_checkpoint(str(tmp_path))
 
 
 def test_checkpoint_of_another_architecture_is_a_clear_error(smoke_config, tmp_path):
