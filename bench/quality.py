@@ -107,8 +107,14 @@ def main():
   args = p.parse_args()
   sweeps = args.sweeps.split(",")
   if "autoguidance" in sweeps and not args.guide_workdir:
-    raise SystemExit("error: the autoguidance sweep needs --guide_workdir (train a guide first: "
-                     "README, 'Autoguidance').")
+    p.error("the autoguidance sweep needs --guide_workdir (train a guide first: README, "
+            "'Autoguidance').")
+  unknown = sorted(set(sweeps) - set(SWEEPS))
+  if unknown:
+    p.error(f"unknown sweep(s) {unknown}; choose from {sorted(SWEEPS)}.")
+  if args.num_samples < 10 or args.batch_size < 1:
+    p.error("--num_samples must be >= 10 (one per class and more than the k of precision "
+            "and recall) and --batch_size >= 1.")
 
   train_seconds = _train_if_needed(args.config, args.workdir)
   config, params = checkpoint.load_checkpoint(args.workdir, which=args.which)
@@ -164,4 +170,7 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except ValueError as e:  # A bad workdir, config or option: what jaxddpm said, no trace.
+    sys.exit(f"error: {e}")

@@ -170,6 +170,7 @@ def main():
   p.add_argument("--torch", default="", help="also time PyTorch (bench/torch_baseline.py) for "
                  "template-* models in these modes, e.g. eager,compile; prints ratios")
   a = p.parse_args()
+  _check_args(p, a)
   dev = jax.devices()[0]
   print(f"jax {jax.__version__} on {dev.platform}: {getattr(dev, 'device_kind', '')} "
         f"x{jax.device_count()}; host {platform.processor() or platform.machine()}, "
@@ -209,6 +210,33 @@ def main():
           if a.torch and model.startswith("template-"):
             _torch_rows(model.split("-", 1)[1], batch, size, ch, dtype, a, r,
                         s if first else None, chunked=bool(chunked))
+
+
+def _check_args(p, a) -> None:
+  """argparse's one-line error for anything the benchmark loops would trip over."""
+  def ints(text):
+    try:
+      return [int(v) for v in text.split(",")]
+    except ValueError:
+      return [0]
+  if sorted(set(a.models.split(",")) - set(MODELS)):
+    p.error(f"--models: choose from {sorted(MODELS)}, got {a.models!r}.")
+  if set(a.dtypes.split(",")) - {"float32", "bfloat16"}:
+    p.error(f"--dtypes: float32 and/or bfloat16, got {a.dtypes!r}.")
+  if any(len(s.split("x")) != 2 or min(ints(s.replace("x", ","))) < 1
+         for s in a.shapes.split(",")):
+    p.error(f"--shapes: SIZExCHANNELS, e.g. 28x1,32x3, got {a.shapes!r}.")
+  if min(ints(a.batches)) < 1 or a.iters < 1 or a.steps_per_dispatch < 1 or a.sample_steps < 1:
+    p.error("--batches, --iters, --steps_per_dispatch and --sample_steps must be >= 1.")
+  if a.sample_count < 0 or a.ddpm_count < 0:
+    p.error("--sample_count and --ddpm_count must be >= 0.")
+  if a.torch:
+    if set(a.torch.split(",")) - {"eager", "compile"}:
+      p.error(f"--torch: eager and/or compile, got {a.torch!r}.")
+    try:
+      import torch  # noqa: F401
+    except ImportError:
+      p.error("--torch needs PyTorch: pip install -e '.[bench]' (on a CPU: torch==2.13.0).")
 
 
 def _num(v: float) -> str:

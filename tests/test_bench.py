@@ -1,0 +1,27 @@
+"""The benchmark scripts refuse bad options with one line, before any work."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bench(script, *args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), *args],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("throughput.py", ["--models", "resnet"], "--models: choose from"),
+    ("throughput.py", ["--batches", "64,0"], "--batches, --iters"),
+    ("throughput.py", ["--torch", "jit"], "--torch: eager and/or compile"),
+    ("quality.py", ["--workdir", "nowhere", "--sweeps", "default,cfg"], "unknown sweep(s) ['cfg']"),
+    ("quality.py", ["--workdir", "nowhere", "--num_samples", "3"], "--num_samples must be >= 10"),
+    ("quality.py", ["--workdir", "nowhere"], "error: nowhere holds no checkpoint"),
+])
+def test_bad_options_are_one_line_errors(script, args, message):
+  r = _bench(script, *args)
+  assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
