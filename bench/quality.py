@@ -48,6 +48,10 @@ SWEEPS = {
     "ddim_steps": lambda c, guide: [dict(sampler="ddim", steps=s)  # At most T steps.
                                     for s in (10, 20, 50, 100, 250)
                                     if s <= c.diffusion.num_timesteps],
+    # DDIM's noise: 0 deterministic, 1 about DDPM's ancestral step on the respaced
+    # schedule. Fresh noise at each step can correct a model's errors, at the cost
+    # of more steps to converge.
+    "eta": lambda c, guide: [dict(sampler="ddim", steps=50, eta=e) for e in (0.0, 0.5, 1.0)],
     "dpm_steps": lambda c, guide: [dict(sampler="dpmpp_2m", steps=s) for s in (10, 20)],
     "ddpm": lambda c, guide: [dict(sampler="ddpm", steps=c.diffusion.num_timesteps)],
 }
@@ -152,7 +156,9 @@ def main():
     guidance = f"{opts['guidance_scale']:g}" + (
         " for σ in ({:g}, {:g}]".format(*interval) if interval else "") + (
         f" (autoguidance by {opts['guide_workdir']})" if opts["guide_workdir"] else "")
-    print(f"| {opts['sampler']} | {opts['steps']} | {guidance} | "
+    sampler = opts["sampler"] + (f" η={opts['eta']:g}" if opts["sampler"] == "ddim"
+                                 and opts["eta"] else "")
+    print(f"| {sampler} | {opts['steps']} | {guidance} | "
           f"{m['conditional_accuracy']:.4f} | {m['frechet_distance']:.3f} | "
           f"{m['precision']:.3f} | {m['recall']:.3f} | {seconds:.0f} "
           f"({'-' if compile_s is None else f'{compile_s:.0f}'}) |",

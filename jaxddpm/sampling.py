@@ -241,9 +241,16 @@ def resolve_options(config, overrides: dict) -> dict:
 
 
 def settings_name(opts: dict) -> str:
-  """A file-name part for sampler settings: e.g. ddim50_g2, ddim50_g3_i0.28-5.42,
-  ddim50_g2.5_ag-guide_mnist (autoguidance by the run in .../guide_mnist)."""
+  """A file-name part for sampler settings: e.g. ddim50_g2, ddim50_g2_eta1,
+  ddim50_g3_i0.28-5.42, ddim50_g2.5_ag-guide_mnist (autoguidance by the run in
+  .../guide_mnist). Settings that differ get names that differ."""
   name = f"{opts['sampler']}{opts['steps']}_g{opts['guidance_scale']:g}"
+  if opts["sampler"] == "ddim" and opts.get("eta"):
+    name += f"_eta{opts['eta']:g}"
+  if opts["sampler"] == "ddpm" and opts.get("variance", "small") != "small":
+    name += f"_var-{opts['variance']}"
+  if not opts.get("clip_x0", True):
+    name += "_noclip"
   if opts.get("guidance_interval"):
     name += "_i{:g}-{:g}".format(*opts["guidance_interval"])
   if opts.get("guide_workdir"):

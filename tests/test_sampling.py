@@ -489,3 +489,13 @@ def test_shared_encoder_guidance_matches_two_pass_sampling():
       denoise, SCHEDULES["cosine"], jax.random.key(2), labels, (8, 8, 1), steps=3,
       guidance_scale=3.0, guided_fn=guided if shared else None), static_argnums=0)
   np.testing.assert_allclose(run(True), run(False), rtol=1e-4, atol=1e-4)
+
+
+def test_settings_that_differ_get_file_names_that_differ(tiny_config):
+  """`--eta=1` once wrote over the eta-0 samples of the same sampler, steps and scale."""
+  variants = [{}, dict(eta=1.0), dict(eta=0.5), dict(clip_x0=False),
+              dict(sampler="ddpm", steps=100), dict(sampler="ddpm", steps=100, variance="large"),
+              dict(guidance_interval=(0.3, 5.0)), dict(guidance_scale=3.0)]
+  names = [sampling.settings_name(sampling.resolve_options(tiny_config, v)) for v in variants]
+  assert len(set(names)) == len(names), names
+  assert names[1] == f"ddim{tiny_config.sampling.steps}_g{tiny_config.sampling.guidance_scale:g}_eta1"
