@@ -30,7 +30,8 @@
 #   default, ~90 steps/s against ~38 with 1), NO_AUTOTUNE=1, TRAIN_TIMEOUT; for
 #   bench/quality.py SWEEPS (e.g. default,guidance_fine,guidance_interval: guidance
 #   1, 1.5 and 2, then guidance only for sigma in an interval, at ~15-30 s each on
-#   the default UNet) and QUALITY_TIMEOUT. GUIDE=1 also trains an autoguidance
+#   the default UNet; eta: DDIM's eta 0, 0.5, 1, untried on a GPU model) and
+#   QUALITY_TIMEOUT. GUIDE=1 also trains an autoguidance
 #   guide after each model (the same config at half the width, GUIDE_EPOCHS epochs,
 #   default max(1, EPOCHS/4), within GUIDE_TIMEOUT s) and adds the autoguidance
 #   sweep (guidance 2, 2.5 and 3 with that guide) to SWEEPS.
