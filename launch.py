@@ -112,7 +112,8 @@ def main(argv):
     if FLAGS.mode == "train":
       if FLAGS.config is None:
         raise app.UsageError("--mode=train needs --config.")
-      note = cli.cpu_note(config_path, cli.jax.default_backend())
+      import jax
+      note = cli.cpu_note(config_path, jax.default_backend())
       if note:
         print(note, file=sys.stderr)
       # SIGTERM (SLURM preemption, `kill`) stops training as Ctrl-C does: work kept.
