@@ -133,17 +133,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise ValueError(f"no {CONFIG_FILE} in {workdir}: is it a jaxddpm workdir? "
                      "Train with `python launch.py --config ... --workdir DIR` first.")
-  return ml_collections.ConfigDict(_fill_defaults(_read_config_file(path), _base_defaults()))
+  defaults = _base_defaults()
+  return ml_collections.ConfigDict(_fill_defaults(_read_config_file(path, defaults), defaults))
 
 
-def _read_config_file(path: str) -> dict:
+def _read_config_file(path: str, defaults: dict) -> dict:
   """The saved config as a dict of sections; ValueError saying what to do if it is not."""
   try:
     with open(path) as f:
       saved = json.load(f)
     bad = not isinstance(saved, dict) or any(
-        isinstance(v, dict) != isinstance(saved.get(k, v), dict)
-        for k, v in _base_defaults().items())
+        isinstance(v, dict) != isinstance(saved.get(k, v), dict) for k, v in defaults.items())
     why = "not a config of sections (data, model, ...)" if bad else ""
   except (OSError, ValueError) as e:  # json's decode error is a ValueError.
     why = f"{type(e).__name__}: {e}"
@@ -168,7 +168,7 @@ def config_changes(workdir: str, config) -> dict[str, tuple]:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     return {}
-  saved = _flat(_read_config_file(path))
+  saved = _flat(_read_config_file(path, _base_defaults()))
   new = _flat(json.loads(config.to_json_best_effort()))  # Tuples as lists, as saved.
   return {k: (v, new.get(k)) for k, v in saved.items() if new.get(k, v) != v}
 

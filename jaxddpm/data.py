@@ -245,15 +245,14 @@ def train_val_split(split: Split, val_fraction: float, seed: int) -> tuple[Split
 
 def load(data_config, seed: int) -> dict[str, Split]:
   """{"train", "val", "test"} splits, sized for the model, checked against the config."""
-  if (data_config.get("max_train_examples") or 0) < 0:
-    raise ValueError("data.max_train_examples must be >= 0 (0 = all), got "
-                     f"{data_config.max_train_examples}.")
+  limit = data_config.get("max_train_examples") or 0
+  if limit < 0:
+    raise ValueError(f"data.max_train_examples must be >= 0 (0 = all), got {limit}.")
   train_full = fit_size(load_split(data_config, "train"), data_config.dataset,
                         data_config.image_size)
   test = fit_size(load_split(data_config, "test"), data_config.dataset, data_config.image_size)
   _check_against_config(train_full, data_config)
   train, val = train_val_split(train_full, data_config.val_fraction, seed)
-  limit = data_config.get("max_train_examples") or 0
   if limit:
     train = Split(train.images[:limit], train.labels[:limit])
   return {"train": train, "val": val, "test": test}
