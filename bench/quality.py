@@ -84,7 +84,7 @@ def load_config(config_path: str):
 
 
 def _train_if_needed(config_path, workdir):
-  if os.path.isdir(os.path.join(workdir, "checkpoints", "latest")):
+  if checkpoint.has_checkpoint(workdir):
     return None
   if not config_path:
     raise ValueError(f"{workdir} holds no checkpoint; give --config to train it first.")
