@@ -77,7 +77,8 @@ def init_params(model, config, key: jax.Array):
   # only needs shapes. Labels are ints here; attribute models take float [1, K].
   labels = (labels if config.data.conditioning == "class"
             else jnp.zeros((1, config.data.num_classes), jnp.float32))
-  return jax.jit(model.init)(key, x, t, labels, jnp.ones((1,), bool))["params"]
+  init = xla.jit(model.init, cpu_options=xla.RUN_ONCE)  # Runs once: compile fast.
+  return init(key, x, t, labels, jnp.ones((1,), bool))["params"]
 
 
 def make_plateau(optim) -> optax.GradientTransformationExtraArgs:

@@ -48,3 +48,21 @@ def test_jitted_function_nests_inside_a_user_jit():
   np.testing.assert_allclose(jax.jit(lambda x: step(x) + 1.0)(x), step(x) + 1.0, rtol=1e-5)
   np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(step(x)))(x).shape, x.shape)
   assert step.lower(x).compile() is not None
+
+
+def test_init_compiled_for_speed_gives_bitwise_the_same_params(tiny_config, monkeypatch):
+  """Parameter init compiles at LLVM -O1 (xla.RUN_ONCE): faster to compile, and
+  the params must be exactly those of XLA's default -O3 (a seed means one init)."""
+  from jaxddpm import train
+  monkeypatch.delenv("JAXDDPM_XLA_DEFAULTS", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert xla.compiler_options(xla.RUN_ONCE) == {**xla.CPU_OPTIONS, **xla.RUN_ONCE}
+  model = train.make_steps(tiny_config)[0]
+  key = jax.random.key(4)
+  ours = train.init_params(model, tiny_config, key)
+  s = tiny_config.data.image_size
+  plain = jax.jit(model.init)(key, jnp.zeros((1, s, s, 1)), jnp.zeros((1,), jnp.int32),
+                              jnp.zeros((1,), jnp.int32), jnp.ones((1,), bool))["params"]
+  assert jax.tree.structure(ours) == jax.tree.structure(plain)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -137,8 +137,8 @@ def train(train_split: data_lib.Split, spec: Spec, *, quiet: bool = True):
   model = Classifier(spec, num_outputs)
   key = jax.random.key(spec.seed)
   init_key, data_key, step_key = jax.random.split(key, 3)
-  params = jax.jit(model.init)(init_key, jnp.zeros((1, *train_split.images.shape[1:]),
-                                                   jnp.uint8))["params"]
+  init = xla.jit(model.init, cpu_options=xla.RUN_ONCE)  # Runs once: compile fast.
+  params = init(init_key, jnp.zeros((1, *train_split.images.shape[1:]), jnp.uint8))["params"]
   total = spec.epochs * steps_per_epoch
   tx = optax.adam(optax.cosine_decay_schedule(spec.lr, total))
   opt_state = tx.init(params)
@@ -226,7 +226,8 @@ def load_or_train(data_config, *, spec: Spec | None = None, cache_dir: str | Non
       raise ValueError(f"the cached classifier in {folder} is damaged ({meta_path}: "
                        f"{type(e).__name__}: {e}); delete that folder and it will be "
                        "retrained.") from e
-    template = jax.jit(model.init)(jax.random.key(0), jnp.zeros(
+    # The tree's structure is all from_bytes needs: shapes only, nothing compiled.
+    template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(
         (1, data_config.image_size, data_config.image_size, data_config.channels),
         jnp.uint8))["params"]
     with open(params_path, "rb") as f:
