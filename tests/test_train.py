@@ -45,7 +45,7 @@ def test_loss_falls_when_overfitting_a_fixed_batch(tiny_config):
 
 
 def test_labels_do_not_affect_gradient_when_always_dropped(tiny_config):
-  tiny_config.diffusion.p_uncond = 0.0
+  # The config's own p_uncond (0.1) for the warm-up steps: the shared compiled step.
   model, schedule, tx, step, _, params = _setup(tiny_config)
   batch = _batch(tiny_config)
   # A few steps first: at init the zero-initialised layers hide the labels' effect.
@@ -83,16 +83,20 @@ def test_same_key_same_state(tiny_config):
 
 
 def test_ema_tracks_params(tiny_config):
-  tiny_config.optim.ema_decay = 0.5
+  # The config's own decay (0.999): the same compiled step as the other tests here.
   _, _, tx, step, _, params = _setup(tiny_config)
   state = train.create_train_state(params, tx)
   old = jax.tree.map(jnp.copy, state.params)
   state, _ = step(state, _batch(tiny_config), jax.random.key(0))
-  # Step 0: decay min(0.5, 1/10) = 0.1, so ema = 0.1·old + 0.9·new.
+  # Step 0: decay min(0.999, 1/10) = 0.1, so ema = 0.1·old + 0.9·new.
   for e, o, n in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(old),
                      jax.tree.leaves(state.params)):
     np.testing.assert_allclose(np.asarray(e), 0.1 * np.asarray(o) + 0.9 * np.asarray(n),
                                rtol=1e-5, atol=1e-6)
+  # Later the configured decay caps the warm-up one: min(0.5, 101/110) = 0.5.
+  ema, new = {"w": jnp.float32(2.0)}, {"w": jnp.float32(4.0)}
+  assert float(train.ema_update(ema, new, jnp.float32(100), 0.5)["w"]) == 3.0
+  assert float(train.ema_update(ema, new, jnp.float32(0), 0.5)["w"]) == np.float32(0.1 * 2 + 0.9 * 4)
 
 
 def test_golden_one_step_loss(tiny_config):
