@@ -51,6 +51,19 @@ def _config(model: str, dtype: str, size: int, channels: int):
   return c
 
 
+def _cpu_name() -> str:
+  """The CPU's model name: the ratios to PyTorch differ by CPU (an AMD EPYC and an
+  Intel Xeon with AMX, docs/RESULTS.md), so every table should say which ran it."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def _flops(lowered) -> float:
   """XLA's FLOP count of the step before optimisation. After it, XLA:GPU leaves
   out the convolutions it hands to cuDNN (0.04 instead of 1.5 GFLOP per image for
@@ -173,7 +186,7 @@ def main():
   _check_args(p, a)
   dev = jax.devices()[0]
   print(f"jax {jax.__version__} on {dev.platform}: {getattr(dev, 'device_kind', '')} "
-        f"x{jax.device_count()}; host {platform.processor() or platform.machine()}, "
+        f"x{jax.device_count()}; host {_cpu_name()}, "
         f"{os.cpu_count()} cpus; {time.strftime('%Y-%m-%d')}")
   peaks = {d: matmul_peak(d) for d in a.dtypes.split(",")} if a.peak else {}
   for d, v in peaks.items():
