@@ -2,18 +2,18 @@
 
 Run:
   python launch.py --config configs/fmnist.py         # GPU: default UNet, up to 30 epochs
-  python launch.py --config configs/fmnist.py:cpu     # 2-core CPU, about 10 minutes
+  python launch.py --config configs/fmnist.py:cpu     # 2-core CPU, 10-15 minutes
   python launch.py --config configs/fmnist.py:smoke   # seconds; for tests
 
-Expected (measured, see docs/RESULTS.md): `:cpu` trains in ~10 min on 2 CPU cores
-(timed on MNIST: same model and steps) to a validation loss of ~0.038 and a grid
-of recognisable garments of the right classes, one row per class
-(docs/fmnist_cpu.png); `--mode=evaluate` with 1,000 samples: conditional accuracy
-93.6%, Frechet distance 10.2 (real-data floor 1.6); with 10,000 samples 91.6% and
-10.1 (floor 0.48).
-Default config on one H200 (bf16, 12 of the 30 epochs, ~3 min): 10,000 samples
-at the default guidance 2: 97.7%, Frechet distance 17.2; at guidance 1: 87.7%, 2.38
-(floor 0.48); docs/RESULTS.md, "One GPU".
+Expected (measured, see docs/RESULTS.md): `:cpu` trains in 10-15 min on 2 CPU cores
+(9:41 on an AMD EPYC, 14:16 on an Intel Xeon; timed on MNIST: same model and steps)
+to a validation loss of ~0.038 and a grid of recognisable garments of the right
+classes, one row per class (docs/fmnist_cpu.png); `--mode=evaluate` with 1,000
+samples: conditional accuracy 93.6%, Frechet distance 10.2 (real-data floor 1.6);
+with 10,000 samples 91.6% and 10.1 (floor 0.48). Default config on one H200 (bf16,
+12 of the 30 epochs, ~3 min): 10,000 samples at the default guidance 2: 97.7%,
+Frechet distance 17.2; at guidance 1: 87.7%, 2.38 (floor 0.48); docs/RESULTS.md,
+"One GPU".
 """
 
 from configs import base, variants

@@ -2,16 +2,17 @@
 
 Run:
   python launch.py --config configs/mnist.py          # GPU: default UNet, up to 30 epochs
-  python launch.py --config configs/mnist.py:cpu      # 2-core CPU, about 10 minutes
+  python launch.py --config configs/mnist.py:cpu      # 2-core CPU, 10-15 minutes
   python launch.py --config configs/mnist.py:smoke    # seconds; for tests
 
-Expected (measured, see docs/RESULTS.md): `:cpu` trains in ~10 min on 2 CPU cores
-(no GPU) to a validation loss of ~0.025 and a grid of clean digits of the right
-classes (docs/mnist_cpu.png); `--mode=evaluate` with 1,000 samples: conditional
-accuracy 97.5%, Frechet distance 17.9 (real-data floor 4.1); with 10,000 samples
-97.1% and 16.9 (floor 1.1). On one H100 (bf16): after 5 of the 30 epochs (250 s
-with one step per call), 10,000 samples give 99.6% accuracy but a Frechet
-distance of 23.5 against a floor of 1.1; the full 30 epochs are not measured yet.
+Expected (measured, see docs/RESULTS.md): `:cpu` trains in 10-15 min on 2 CPU cores
+(no GPU; 9:41 on an AMD EPYC, 14:16 on an Intel Xeon) to a validation loss of ~0.025
+and a grid of clean digits of the right classes (docs/mnist_cpu.png);
+`--mode=evaluate` with 1,000 samples: conditional accuracy 97.5%, Frechet distance
+17.9 (real-data floor 4.1); with 10,000 samples 97.1% and 16.9 (floor 1.1). On one
+H100 (bf16): after 5 of the 30 epochs (250 s with one step per call), 10,000 samples
+give 99.6% accuracy but a Frechet distance of 23.5 against a floor of 1.1; the full
+30 epochs are not measured yet.
 """
 
 from configs import base, variants

@@ -13,7 +13,8 @@ def apply(config, arg):
     # Budget: ~15 min on 2 cores at the ~85 images/s this ~1.1 GFLOP/image model
     # trained at when it was set (measured): 1,200 steps of 64 images, about 1.4
     # epochs of MNIST. Since the XLA:CPU work and 10 steps per dispatch it trains
-    # at ~145 images/s: the same run took 9:41 (docs/RESULTS.md).
+    # at ~145 images/s on the AMD EPYC machine: the same run took 9:41; on an Intel
+    # Xeon (2 cores) ~93 images/s and 14:16 (docs/RESULTS.md).
     config.model.update(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                         attention_resolutions=(config.data.image_size // 4,), dropout=0.0)
     # 10 steps per dispatch: 119 -> 154 images/s for this model here (measured,
