@@ -158,9 +158,11 @@ def _train(config, workdir: str) -> dict:
   plateau = make_plateau(config.optim)
   root_key = jax.random.key(config.train.seed)
   init_key, _ = jax.random.split(root_key)
-  fresh = create_train_state(init_params(model, config, init_key), tx, plateau, root_key)
+  fresh = lambda: create_train_state(init_params(model, config, init_key), tx, plateau,
+                                     root_key)
   ckpt = checkpoint.Checkpointer(workdir, config.train.keep_checkpoints)
-  state = ckpt.restore_latest(fresh) or fresh
+  # A resume restores into the state's shapes alone: no init program to compile.
+  state = (resuming and ckpt.restore_latest(jax.eval_shape(fresh))) or fresh()
   lead = jax.process_index() == 0  # Multi-host: one host writes files; Orbax coordinates.
   if lead:
     checkpoint.save_config(workdir, config)
