@@ -162,7 +162,9 @@ def _train(config, workdir: str) -> dict:
                                      root_key)
   ckpt = checkpoint.Checkpointer(workdir, config.train.keep_checkpoints)
   # A resume restores into the state's shapes alone: no init program to compile.
-  state = (resuming and ckpt.restore_latest(jax.eval_shape(fresh))) or fresh()
+  state = ckpt.restore_latest(jax.eval_shape(fresh)) if resuming else None
+  if state is None:
+    state = fresh()
   lead = jax.process_index() == 0  # Multi-host: one host writes files; Orbax coordinates.
   if lead:
     checkpoint.save_config(workdir, config)
