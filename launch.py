@@ -92,8 +92,10 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)  # Orbax logs every save, and read-only opens, below this.
   if FLAGS.multihost:
     import jax
+    from jaxddpm import cli
     try:
-      jax.distributed.initialize()  # Before any other JAX call: every host's devices join.
+      # Before any other JAX call: every host's devices join.
+      jax.distributed.initialize(**cli.distributed_kwargs())
     except (ValueError, RuntimeError) as e:
       sys.exit(f"error: --multihost: jax.distributed.initialize() failed: {e} Start the "
                "command on every host under SLURM or on a Cloud TPU pod, or set "

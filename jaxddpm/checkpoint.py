@@ -40,11 +40,15 @@ class Checkpointer:
     self.workdir = workdir
     if keep < 1:
       raise ValueError(f"train.keep_checkpoints must be >= 1, got {keep}.")
-    self.latest = ocp.CheckpointManager(
-        _dir(workdir, "latest"), options=ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                                                       create=True))
-    self.best = ocp.CheckpointManager(
-        _dir(workdir, "best"), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    # Across hosts both managers save the same step at an epoch end; Orbax names its
+    # hosts' barriers by step, so without a prefix of their own the two collide
+    # ("Barrier ... is already ongoing") and the write fails.
+    options = lambda which, keep: ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=which))
+    self.latest = ocp.CheckpointManager(_dir(workdir, "latest"), options=options("latest", keep))
+    self.best = ocp.CheckpointManager(_dir(workdir, "best"), options=options("best", 1))
 
   def save(self, state, *, best: bool = False) -> None:
     """Saves at state.step (asynchronously); also as the best when `best`."""

@@ -31,6 +31,27 @@ def use_compilation_cache(folder: str | None) -> str:
   return folder
 
 
+def distributed_kwargs(environ=os.environ) -> dict:
+  """jax.distributed.initialize's process count and index from JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID when set. Why: JAX reads JAX_COORDINATOR_ADDRESS itself but not
+  these two, so outside SLURM, Open MPI, Kubernetes and TPU pods (which JAX detects)
+  a launch by hand had no way to give them."""
+  out = {}
+  for key, name in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+    text = environ.get(name, "").strip()
+    if text:
+      try:
+        out[key] = int(text)
+      except ValueError:
+        raise ValueError(f"{name} must be an integer, got {text!r}.") from None
+  if "num_processes" in out and out["num_processes"] < 1:
+    raise ValueError(f"JAX_NUM_PROCESSES must be >= 1, got {out['num_processes']}.")
+  if "process_id" in out and not 0 <= out["process_id"] < out.get("num_processes", math.inf):
+    raise ValueError(f"JAX_PROCESS_ID must be in [0, JAX_NUM_PROCESSES), got "
+                     f"{out['process_id']}.")
+  return out
+
+
 def train(config, workdir: str, *, quiet: bool = False) -> dict:
   """Trains or resumes; prints one closing line with where everything is."""
   from jaxddpm import loop
@@ -42,6 +63,8 @@ def train(config, workdir: str, *, quiet: bool = False) -> dict:
   best = summary["best_val_loss"]
   # No epoch end reached (e.g. a short --config.train.num_steps): no validation ran.
   val = f"best val loss {best:.4f}" if math.isfinite(best) else "no epoch end, no validation"
+  if jax.process_index():  # Multi-host: one closing line, from the first host.
+    return summary
   print(f"{how} at step {summary['step']} ({val}); "
         f"samples: {summary['samples']}; checkpoints: {summary['checkpoints']}; "
         f"metrics: {summary['metrics']}", file=sys.stderr)
@@ -160,7 +183,7 @@ def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sample
            out: str | None = None) -> tuple[str, str, str]:
   """Samples from a workdir's checkpoint; writes a PNG grid, an .npz and a PNG of
   the sampler's per-step statistics (warning loudly if it diverged). Returns paths."""
-  from jaxddpm import checkpoint, diagnostics, images, sampling
+  from jaxddpm import checkpoint, diagnostics, images, parallel, sampling
   config, params = checkpoint.load_checkpoint(workdir, which=which)
   if config.data.conditioning != "class":
     raise ValueError("launch.py samples class-conditional models; for attribute models "
@@ -170,13 +193,16 @@ def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sample
                                  guide_workdir=guide_workdir)
   sample_fn = sampling.make_sampler(config, with_stats=True, **overrides)
   label_array = parse_labels(labels, config.data.num_classes, num_per_class)
-  x, stats = jax.device_get(sample_fn(params, jax.random.key(seed), label_array))
+  # Across hosts the samples are split over every host's devices: gathered to each.
+  x, stats = parallel.to_host(sample_fn(params, jax.random.key(seed), label_array))
   name = sampling.settings_name(sampling.resolve_options(config, overrides))
   if out is None:
     out = os.path.join(workdir, "samples", f"sample_{name}_seed{seed}")
+  png, npz = out + ".png", out + ".npz"
+  if jax.process_index():  # Multi-host: the first host writes the files.
+    return png, npz, out + "_diagnostics.png"
   rows = config.data.num_classes if labels == "all" else 1
-  png = images.write_png(out + ".png", images.class_grid(x, rows))
-  npz = out + ".npz"
+  images.write_png(png, images.class_grid(x, rows))
   np.savez(npz, images=images.to_uint8(x), labels=label_array)
   diagnostics.warn_if_diverged(stats)
   diag = diagnostics.write_stats_figure(out + "_diagnostics.png", stats,
@@ -197,6 +223,8 @@ def evaluate(workdir: str, *, num_samples=None, sampler=None, steps=None, guidan
   result = evaluate_lib.evaluate_checkpoint(workdir, num_samples=num_samples, which=which,
                                             seed=seed, out=out, quiet=quiet, **overrides)
   m, f = result["metrics"], result["floor"]
+  if jax.process_index():  # Multi-host: one summary line, from the first host.
+    return result
   print(f"{m['num_images']} samples: conditional accuracy {m['conditional_accuracy']:.4f}, "
         f"Frechet distance {m['frechet_distance']:.3f} (real-data floor "
         f"{f['frechet_distance']:.3f}), precision {m['precision']:.3f}, recall "

@@ -159,7 +159,7 @@ def evaluate_checkpoint(workdir: str, *, num_samples: int | None = None, which: 
   labels = evaluator.generation_labels(n)
   t0 = time.perf_counter()
   imgs = generate(sample, params, labels, jax.random.key(seed),
-                  batch_size=config.eval.batch_size, quiet=quiet)
+                  batch_size=config.eval.batch_size, quiet=quiet or jax.process_index() > 0)
   sample_seconds = time.perf_counter() - t0
   result = dict(
       workdir=os.path.abspath(workdir), checkpoint=which, seed=seed,
@@ -168,9 +168,10 @@ def evaluate_checkpoint(workdir: str, *, num_samples: int | None = None, which: 
       classifier={k: evaluator.classifier[k] for k in ("key", "test_accuracy", "path")},
       sample_seconds=round(sample_seconds, 2))
   path = out or os.path.join(workdir, EVAL_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(tmp, path)
+  if jax.process_index() == 0:  # Multi-host: every host scored the same; one writes.
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(result, f, indent=2)
+    os.replace(tmp, path)
   result["path"] = path
   return result

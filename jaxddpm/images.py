@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import zlib
 
@@ -49,7 +50,8 @@ def write_png(path: str, image_HWC: np.ndarray) -> str:
          + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, color_type, 0, 0, 0))
          + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
+  # A temporary name per process: the hosts of a multi-host run may write it at once.
+  tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
   with open(tmp, "wb") as f:
     f.write(png)
   os.replace(tmp, path)  # Never leave a half-written PNG behind.

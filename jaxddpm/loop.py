@@ -369,7 +369,8 @@ def _workdir_lock(workdir: str):
 def _prepare_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    # One name per process: the hosts of a multi-host run share the workdir.
+    probe = os.path.join(workdir, f".write_test-{socket.gethostname()}-{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)

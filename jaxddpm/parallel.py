@@ -41,13 +41,26 @@ def check_divisible(n: int, mesh: Mesh, what: str) -> None:
     raise ValueError(f"{what}={n} is not divisible by the {d} devices; use a multiple of {d}.")
 
 
+def _placeable(tree):
+  """Across hosts, this process's own device arrays as NumPy. Why: eager updates
+  (jnp.float32(...), a step's host-side bookkeeping) leave arrays on one local
+  device, and jax.device_put of such an array onto a mesh that spans hosts made an
+  array Orbax could not save ("input arrays must have one shard each"). From NumPy
+  every process supplies its part of the same value, as JAX expects."""
+  if jax.process_count() == 1:
+    return tree
+  return jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array)
+                      and x.is_fully_addressable else x, tree)
+
+
 def shard_batch(tree, mesh: Mesh):
   """Places host or device arrays with their leading axis split over the devices."""
-  return jax.device_put(tree, batch_sharding(mesh))
+  return jax.device_put(_placeable(tree), batch_sharding(mesh))
 
 
 def replicate(tree, mesh: Mesh):
-  return jax.device_put(tree, replicated(mesh))
+  """Places host or device arrays whole on every device of the mesh."""
+  return jax.device_put(_placeable(tree), replicated(mesh))
 
 
 def to_host(tree):

@@ -6,6 +6,7 @@ GIF), a guidance sweep and the training curves. Each function returns uint8 arra
 from __future__ import annotations
 
 import os
+import socket
 from typing import Sequence
 
 import jax
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jaxddpm import diffusion, guidance, images, models, plots, progress, sampling, xla
+from jaxddpm import diffusion, guidance, images, models, parallel, plots, progress, sampling, xla
 from jaxddpm import schedules as schedules_lib
 
 PICTURES = ("forward", "reverse", "guidance", "curves")
@@ -44,7 +45,7 @@ def reverse_frames(config, params, labels, key: jax.Array, *, num_frames: int = 
   """(x_t, x̂_0, timesteps) at num_frames evenly spaced sampler steps (the last is
   the final sample): float [F, B, H, W, C] twice and int [F]."""
   sample = sampling.make_sampler(config, with_trajectory=True, **sampling_overrides)
-  final, info = jax.device_get(sample(params, key, labels))
+  final, info = parallel.to_host(sample(params, key, labels))  # Gathered across hosts.
   S = info["x_t"].shape[0]
   if num_frames < 2:
     raise ValueError(f"num_frames must be >= 2, got {num_frames}.")
@@ -72,7 +73,8 @@ def reverse_gif(path: str, x_t, x0, *, scale: int = 3, ms_per_frame: int = 150) 
     frames.append(Image.fromarray(np.kron(grid, np.ones((scale, scale, 1), np.uint8))))
   frames += [frames[-1]] * 5  # Hold the result before looping.
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
+  # A temporary name per process: the hosts of a multi-host run may write it at once.
+  tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
   frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
                  duration=ms_per_frame, loop=0)
   os.replace(tmp, path)

@@ -160,6 +160,20 @@ def test_guidance_interval_flag_parsing():
       "guidance_interval": (1.0, 2.0)}
 
 
+def test_process_count_and_index_come_from_the_environment():
+  """JAX reads JAX_COORDINATOR_ADDRESS but not these two; --multihost passes them."""
+  from jaxddpm import cli
+  assert cli.distributed_kwargs({}) == {}
+  assert cli.distributed_kwargs({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}) == dict(
+      num_processes=2, process_id=1)
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES must be an integer, got 'two'"):
+    cli.distributed_kwargs({"JAX_NUM_PROCESSES": "two"})
+  with pytest.raises(ValueError, match=r"JAX_PROCESS_ID must be in \[0, JAX_NUM_PROCESSES\)"):
+    cli.distributed_kwargs({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"})
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES must be >= 1"):
+    cli.distributed_kwargs({"JAX_NUM_PROCESSES": "0"})
+
+
 def test_a_flag_the_mode_ignores_is_an_error():
   from jaxddpm import cli
   cli.check_mode_flags("sample", {"labels", "num_per_class", "steps", "seed"})

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import time
 from typing import Sequence
 
@@ -268,7 +269,9 @@ def train_test_splits(data_config) -> dict:
 
 
 def _write_atomic(path: str, payload: bytes) -> None:
-  tmp = path + ".tmp"
+  # A temporary name per process: the hosts of a multi-host run may train the same
+  # (deterministic) classifier at once and write it to one shared cache.
+  tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
   with open(tmp, "wb") as f:
     f.write(payload)
   os.replace(tmp, path)
