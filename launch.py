@@ -100,7 +100,7 @@ def main(argv):
       sys.exit(f"error: --multihost: jax.distributed.initialize() failed: {e} Start the "
                "command on every host under SLURM or on a Cloud TPU pod, or set "
                "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID on each; "
-               "on one machine leave --multihost out.")
+               "for a single process leave --multihost out.")
   # Imported here so that `--help` stays fast.
   from jaxddpm import cli
   config_path = flags.FLAGS["config"].config_filename if FLAGS.config is not None else None
