@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxddpm import parallel
+from jaxddpm import files, parallel
 
 CONFIG_FILE = "config.json"
 
@@ -124,12 +124,8 @@ def _on_one_device(manager, step: int):
 
 
 def save_config(workdir: str, config) -> str:
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(tmp, path)
-  return path
+  return files.write_atomic(os.path.join(workdir, CONFIG_FILE),
+                            config.to_json_best_effort(indent=2))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from jaxddpm import checkpoint, data as data_lib, diagnostics, images as images_lib, progress
-from jaxddpm import parallel, sampling
+from jaxddpm import files, parallel, sampling
 from jaxddpm.metrics import classifier as classifier_lib
 from jaxddpm.metrics import frechet, manifold
 
@@ -169,9 +169,6 @@ def evaluate_checkpoint(workdir: str, *, num_samples: int | None = None, which: 
       sample_seconds=round(sample_seconds, 2))
   path = out or os.path.join(workdir, EVAL_FILE)
   if jax.process_index() == 0:  # Multi-host: every host scored the same; one writes.
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(result, f, indent=2)
-    os.replace(tmp, path)
+    files.write_atomic(path, json.dumps(result, indent=2))
   result["path"] = path
   return result

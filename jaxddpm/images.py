@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import struct
 import zlib
 
 import numpy as np
+
+from jaxddpm import files
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -50,12 +51,7 @@ def write_png(path: str, image_HWC: np.ndarray) -> str:
          + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, color_type, 0, 0, 0))
          + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  # A temporary name per process: the hosts of a multi-host run may write it at once.
-  tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(png)
-  os.replace(tmp, path)  # Never leave a half-written PNG behind.
-  return path
+  return files.write_atomic(path, png)  # Never leave a half-written PNG behind.
 
 
 def read_png(path: str) -> np.ndarray:

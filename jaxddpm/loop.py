@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxddpm import checkpoint, data, diagnostics, evaluate, parallel, progress, sampling, xla
+from jaxddpm import checkpoint, data, diagnostics, evaluate, files, parallel, progress
+from jaxddpm import sampling, xla
 from jaxddpm import images as images_lib
 from jaxddpm.train import (check_diffusion_config, create_train_state, end_epoch,
                            init_params, lr_schedule, make_plateau, make_steps)
@@ -369,8 +370,7 @@ def _workdir_lock(workdir: str):
 def _prepare_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    # One name per process: the hosts of a multi-host run share the workdir.
-    probe = os.path.join(workdir, f".write_test-{socket.gethostname()}-{os.getpid()}")
+    probe = files.temp_path(os.path.join(workdir, ".write_test"))  # Hosts share it.
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)

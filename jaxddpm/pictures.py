@@ -6,7 +6,6 @@ GIF), a guidance sweep and the training curves. Each function returns uint8 arra
 from __future__ import annotations
 
 import os
-import socket
 from typing import Sequence
 
 import jax
@@ -14,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jaxddpm import diffusion, guidance, images, models, parallel, plots, progress, sampling, xla
+from jaxddpm import diffusion, files, guidance, images, models, parallel, plots, progress
+from jaxddpm import sampling, xla
 from jaxddpm import schedules as schedules_lib
 
 PICTURES = ("forward", "reverse", "guidance", "curves")
@@ -73,8 +73,7 @@ def reverse_gif(path: str, x_t, x0, *, scale: int = 3, ms_per_frame: int = 150) 
     frames.append(Image.fromarray(np.kron(grid, np.ones((scale, scale, 1), np.uint8))))
   frames += [frames[-1]] * 5  # Hold the result before looping.
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  # A temporary name per process: the hosts of a multi-host run may write it at once.
-  tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
+  tmp = files.temp_path(path)
   frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
                  duration=ms_per_frame, loop=0)
   os.replace(tmp, path)

@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import socket
 import time
 from typing import Sequence
 
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxddpm import data as data_lib
+from jaxddpm import data as data_lib, files
 from jaxddpm import xla
 
 VERSION = 1  # Bump when training or architecture changes in a way specs do not show.
@@ -252,8 +251,8 @@ def load_or_train(data_config, *, spec: Spec | None = None, cache_dir: str | Non
               test_accuracy=accuracy(apply, splits["test"]),
               train_seconds=round(time.perf_counter() - t0, 1), key=key)
   os.makedirs(folder, exist_ok=True)
-  _write_atomic(params_path, flax.serialization.to_bytes(params))
-  _write_atomic(meta_path, json.dumps(meta, indent=2).encode())  # Last: marks it complete.
+  files.write_atomic(params_path, flax.serialization.to_bytes(params))
+  files.write_atomic(meta_path, json.dumps(meta, indent=2))  # Last: marks it complete.
   if not quiet:
     print(f"classifier test accuracy {meta['test_accuracy']:.4f}", flush=True)
   return apply, dict(meta, path=folder)
@@ -267,11 +266,3 @@ def train_test_splits(data_config) -> dict:
                            data_config.image_size)
   return {"train": train, "test": test}
 
-
-def _write_atomic(path: str, payload: bytes) -> None:
-  # A temporary name per process: the hosts of a multi-host run may train the same
-  # (deterministic) classifier at once and write it to one shared cache.
-  tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(payload)
-  os.replace(tmp, path)
