@@ -6,16 +6,10 @@
 #   STEPS=throughput bash bench/gpu_check.sh                         # ~4-5 min
 #   STEPS=checkpoint bash bench/gpu_check.sh                         # ~1 min
 #
-# Suggested first call of a session (fits the 600 s command limit: ~300 s of
-# training at most, then 7 settings of 10,000 samples at ~25-30 s each):
-#   STEPS=quality DATASETS=fmnist EPOCHS=15 TRAIN_TIMEOUT=300 QUALITY_TIMEOUT=270 \
-#     SWEEPS=default,guidance_fine,guidance_interval bash bench/gpu_check.sh
-# or, for autoguidance within the same limit (~250 s model, ~150 s guide, 4 settings):
-#   STEPS=quality DATASETS=mnist EPOCHS=15 TRAIN_TIMEOUT=250 GUIDE=1 GUIDE_TIMEOUT=150 \
-#     QUALITY_TIMEOUT=180 SWEEPS=default bash bench/gpu_check.sh
-# or the full 30 epochs of Fashion-MNIST with the sweeps that trade accuracy for
-# distance (the one GPU measurement issue 4 still lacks; MNIST's, eleventh session:
-# 355 s of training on an H200, then ~22 s per setting after ~30 s of set-up):
+# Suggested first call of a session: the full 30 epochs of Fashion-MNIST with the
+# sweeps that trade accuracy for distance (the one GPU measurement issue 4 still
+# lacks; MNIST's, eleventh session: 355 s of training on an H200, then ~22 s per
+# setting after ~30 s of set-up; fits the 600 s command limit):
 #   STEPS=quality DATASETS=fmnist EPOCHS=30 TRAIN_TIMEOUT=375 QUALITY_TIMEOUT=205 \
 #     SWEEPS=guidance_fine,guidance_low,guidance_mid bash bench/gpu_check.sh
 # A warm machine keeps runs/ (git-ignored) between calls: within its idle window
@@ -25,6 +19,12 @@
 #   PYTHONPATH=/tmp/site:$PWD JAXDDPM_DATA_DIR=$PWD/.data JAXDDPM_CACHE_DIR=$PWD/.jcache \
 #     python3 bench/quality.py --workdir runs/gpu_fmnist --num_samples 10000 \
 #     --batch_size 2500 --sweeps guidance_early
+# or 15 epochs and more settings (~300 s of training, then 7 settings):
+#   STEPS=quality DATASETS=fmnist EPOCHS=15 TRAIN_TIMEOUT=300 QUALITY_TIMEOUT=270 \
+#     SWEEPS=default,guidance_fine,guidance_interval bash bench/gpu_check.sh
+# or, for autoguidance within the same limit (~250 s model, ~150 s guide, 4 settings):
+#   STEPS=quality DATASETS=mnist EPOCHS=15 TRAIN_TIMEOUT=250 GUIDE=1 GUIDE_TIMEOUT=150 \
+#     QUALITY_TIMEOUT=180 SWEEPS=default bash bench/gpu_check.sh
 # or Fashion-MNIST and the torch.compile comparison in one call (the eighth session's):
 #   STEPS="quality throughput" DATASETS=fmnist EPOCHS=12 TRAIN_TIMEOUT=215 \
 #     QUALITY_TIMEOUT=140 SWEEPS=default,guidance_fine TP_TIMEOUT=220 FP32_TIMEOUT=0 \
