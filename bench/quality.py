@@ -15,7 +15,6 @@ Prints a Markdown table; --json appends one JSON line per setting.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxddpm import checkpoint, evaluate, images, sampling  # noqa: E402
+from jaxddpm import checkpoint, evaluate, files, images, sampling  # noqa: E402
 
 SWEEPS = {
     "default": lambda c, guide: [{}],
@@ -189,7 +188,7 @@ def main():
                                          config.data.num_classes))
     if args.json:
       with open(args.json, "a") as fh:
-        fh.write(json.dumps(dict(workdir=args.workdir, settings=opts, metrics=m, floor=floor,
+        fh.write(files.json_text(dict(workdir=args.workdir, settings=opts, metrics=m, floor=floor,
                                  sample_seconds=seconds, compile_seconds=compile_s,
                                  train_seconds=train_seconds)) + "\n")
 

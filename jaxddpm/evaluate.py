@@ -15,7 +15,6 @@ cannot beat the floor; a Frechet distance of 2x the floor is close to the data.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Callable
@@ -169,6 +168,6 @@ def evaluate_checkpoint(workdir: str, *, num_samples: int | None = None, which: 
       sample_seconds=round(sample_seconds, 2))
   path = out or os.path.join(workdir, EVAL_FILE)
   if jax.process_index() == 0:  # Multi-host: every host scored the same; one writes.
-    files.write_atomic(path, json.dumps(result, indent=2))
+    files.write_atomic(path, files.json_text(result, indent=2))
   result["path"] = path
   return result

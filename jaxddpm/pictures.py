@@ -119,7 +119,8 @@ def training_curves(records: list[dict]) -> np.ndarray:
   """Loss (train and validation), learning rate and any sample metrics against the
   step, from metrics.jsonl records."""
   def series(key, label=""):
-    pts = [(r["step"], r[key]) for r in records if key in r and "step" in r]
+    # None: a value that was not finite (metrics.jsonl is strict JSON, files.json_text).
+    pts = [(r["step"], r[key]) for r in records if r.get(key) is not None and "step" in r]
     return (label or key, np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
 
   loss, val = series("loss", "train"), series("val_loss", "validation")

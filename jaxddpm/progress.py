@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from jaxddpm import files
+
 
 def _clock(seconds: float) -> str:
   if not math.isfinite(seconds):
@@ -79,7 +81,7 @@ class MetricsLog:
     clean = {k: (float(v) if hasattr(v, "item") else v) for k, v in record.items()}
     clean.setdefault("wall_time", round(time.time(), 3))
     with open(self.path, "a") as f:
-      f.write(json.dumps(clean) + "\n")
+      f.write(files.json_text(clean) + "\n")
 
 
 def read_metrics(path: str) -> list[dict]:

@@ -1,6 +1,5 @@
 """PNG writing and grids."""
 
-import os
 
 import numpy as np
 import pytest
@@ -29,13 +28,3 @@ def test_to_uint8_range():
   with pytest.raises(ValueError):
     images.write_png("/tmp/never.png", np.zeros((2, 2, 2), np.uint8))
 
-
-def test_write_atomic_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
-  from jaxddpm import files
-  path = str(tmp_path / "a.json")
-  files.write_atomic(path, "one")
-  files.write_atomic(path, b"two")
-  assert open(path, "rb").read() == b"two" and os.listdir(tmp_path) == ["a.json"]
-  # One temporary name per process (hosts of a multi-host run share folders).
-  temp = files.temp_path(path)
-  assert temp.startswith(path + ".tmp-") and temp.endswith(f"-{os.getpid()}")

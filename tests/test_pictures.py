@@ -73,7 +73,8 @@ def test_training_curves(tmp_path):
   records = [dict(step=s, loss=1.0 / s, lr=1e-3 * min(1, s / 20), grad_norm=1.0)
              for s in range(10, 200, 10)]
   records += [dict(step=100, epoch=1, val_loss=0.02), dict(step=190, epoch=2, val_loss=0.015),
-              dict(step=190, eval_frechet_distance=12.0, eval_conditional_accuracy=0.9)]
+              dict(step=190, eval_frechet_distance=12.0, eval_conditional_accuracy=0.9),
+              dict(step=200, loss=None)]  # A non-finite loss, as strict JSON logs it.
   img = pictures.training_curves(records)
   _not_blank(img)
   path = images.write_png(str(tmp_path / "c.png"), img)
