@@ -10,6 +10,7 @@ run killed mid-write leaves the previous checkpoint restorable.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -183,10 +184,23 @@ def _flat(tree: dict, prefix: str = "") -> dict:
   return out
 
 
+# configs/ sits beside the package, in the repository and in site-packages alike.
+BASE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs", "base.py")
+
+
 def _base_defaults() -> dict:
-  """configs/base.py's fields, for workdirs saved before a field existed."""
-  from configs import base  # Local: configs/ sits beside the package, as in launch.py.
-  return base.get_config().to_dict()
+  """configs/base.py's fields, for workdirs saved before a field existed. Loaded by
+  its path, not as `configs.base`: a script run from a project with its own
+  `configs` package (a common name) would import that one instead, and
+  load_checkpoint would fail or fill in the wrong defaults."""
+  if not os.path.isfile(BASE_CONFIG):
+    raise ValueError(f"jaxddpm's base config is missing ({BASE_CONFIG}): reinstall jaxddpm "
+                     "(`pip install -e .` in its repository).")
+  spec = importlib.util.spec_from_file_location("jaxddpm._base_config", BASE_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config().to_dict()
 
 
 def _fill_defaults(saved: dict, defaults: dict) -> dict:
