@@ -310,7 +310,7 @@ def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = Fa
       labels = parallel.shard_batch(labels, mesh)
     try:
       return _sample(params, guide_params, key, labels, sharded)
-    except (flax_errors.ScopeParamNotFoundError, flax_errors.ScopeParamShapeError) as e:
+    except _PARAMS_MISMATCH as e:
       # Raised while tracing, before anything runs: params from another model.
       raise ValueError(
           f"params do not fit this config's model ({config.model.name}, image "
@@ -318,6 +318,14 @@ def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = Fa
           "and config of one run: config, params = jaxddpm.load_checkpoint(workdir).") from e
 
   return sample
+
+
+# Flax's errors for params that are not this model's: raised while tracing, before
+# anything runs (a wrong tree, a missing leaf or shape, an extra {"params": ...} layer).
+_PARAMS_MISMATCH = (flax_errors.ScopeParamNotFoundError, flax_errors.ScopeParamShapeError,
+                    flax_errors.ScopeVariableNotFoundError, flax_errors.ScopeCollectionNotFound,
+                    flax_errors.ApplyScopeInvalidVariablesStructureError,
+                    flax_errors.ApplyScopeInvalidVariablesTypeError)
 
 
 def check_key(key) -> None:

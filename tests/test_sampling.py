@@ -361,6 +361,10 @@ def test_make_sampler_end_to_end(tiny_config):
     sample(wrong, jax.random.key(0), [0, 1])
   with pytest.raises(ValueError, match="params do not fit.*Could not find parameter"):
     sample({"other": params}, jax.random.key(0), [0, 1])
+  # Flax's variables ({"params": params}) instead of the params, and no params at all.
+  for bad, why in (({"params": params}, "extra params layer"), (None, "dictionary of collections")):
+    with pytest.raises(ValueError, match=f"params do not fit.*{why}"):
+      sample(bad, jax.random.key(0), [0, 1])
   with pytest.raises(ValueError, match="unknown sampling option"):
     sampling.make_sampler(tiny_config, guidance=3.0)
   with pytest.raises(ValueError, match="guidance_scale"):
