@@ -245,5 +245,6 @@ def pictures(workdir: str, *, labels: str = "all", pictures=None, sampler=None, 
   paths = pictures_lib.write_all(workdir, out or os.path.join(workdir, "pictures"),
                                  which=which, labels=label_array, seed=seed,
                                  pictures=pictures or pictures_lib.PICTURES, **overrides)
-  print("wrote " + ", ".join(paths), file=sys.stderr)
+  if jax.process_index() == 0:  # Multi-host: the first host wrote them and says so.
+    print("wrote " + ", ".join(paths), file=sys.stderr)
   return paths

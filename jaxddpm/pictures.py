@@ -6,7 +6,7 @@ GIF), a guidance sweep and the training curves. Each function returns uint8 arra
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -139,7 +139,9 @@ def training_curves(records: list[dict]) -> np.ndarray:
 
 def write_all(workdir: str, out_dir: str, *, which: str = "best", labels=None, seed: int = 0,
               pictures: Sequence[str] = PICTURES, **sampling_overrides) -> list[str]:
-  """Writes the chosen pictures of a workdir's model into out_dir. Returns paths."""
+  """Writes the chosen pictures of a workdir's model into out_dir. Returns paths.
+  On several hosts each host runs the sampling (split across them) and the first
+  host alone writes the files."""
   from jaxddpm import checkpoint, data  # Local: keeps this module light for the API.
   unknown = sorted(set(pictures) - set(PICTURES))
   if unknown:
@@ -149,12 +151,20 @@ def write_all(workdir: str, out_dir: str, *, which: str = "best", labels=None, s
   C = config.data.num_classes
   labels = np.arange(min(C, 10)) if labels is None else np.asarray(labels)
   labels = np.asarray(sampling.check_labels(labels, C))  # Range and shape, before any work.
+  lead = jax.process_index() == 0  # Multi-host: every host samples, the first writes.
   written = []
+
+  def put(name: str, write: Callable[[str], Any]) -> None:
+    path = os.path.join(out_dir, name)
+    if lead:
+      write(path)
+    written.append(path)
+
   if "curves" in pictures:
     records = progress.read_metrics(os.path.join(workdir, "metrics.jsonl")) if os.path.isfile(
         os.path.join(workdir, "metrics.jsonl")) else []
-    written.append(images.write_png(os.path.join(out_dir, "curves.png"),
-                                    training_curves(records)))
+    curves = training_curves(records)
+    put("curves.png", lambda p: images.write_png(p, curves))
   if "forward" in pictures:
     test = data.fit_size(data.load_split(config.data, "test"), config.data.dataset,
                          config.data.image_size)
@@ -165,16 +175,15 @@ def write_all(workdir: str, out_dir: str, *, which: str = "best", labels=None, s
     T = config.diffusion.num_timesteps
     ts = np.linspace(0, T - 1, 9).round().astype(int)
     strip = forward_strip(schedules_lib.from_config(config.diffusion), test.images[idx], ts, key)
-    written.append(images.write_png(os.path.join(out_dir, "forward.png"), strip))
+    put("forward.png", lambda p: images.write_png(p, strip))
   if "reverse" in pictures or "guidance" in pictures:
     _, params = checkpoint.load_checkpoint(workdir, which=which)
   if "reverse" in pictures:
     x_t, x0, _ = reverse_frames(config, params, labels, key, **sampling_overrides)
-    written.append(images.write_png(os.path.join(out_dir, "reverse.png"), reverse_strip(x_t, x0)))
-    written.append(reverse_gif(os.path.join(out_dir, "reverse.gif"), x_t, x0))
+    put("reverse.png", lambda p: images.write_png(p, reverse_strip(x_t, x0)))
+    put("reverse.gif", lambda p: reverse_gif(p, x_t, x0))
   if "guidance" in pictures:
     overrides = {k: v for k, v in sampling_overrides.items() if k != "guidance_scale"}
     sweep = guidance_sweep(config, params, labels, key, GUIDANCE_SCALES, **overrides)
-    written.append(images.write_png(os.path.join(out_dir, "guidance.png"),
-                                    guidance_grid(sweep, GUIDANCE_SCALES)))
+    put("guidance.png", lambda p: images.write_png(p, guidance_grid(sweep, GUIDANCE_SCALES)))
   return written
