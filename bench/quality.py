@@ -188,9 +188,10 @@ def main():
                                          config.data.num_classes))
     if args.json:
       with open(args.json, "a") as fh:
-        fh.write(files.json_text(dict(workdir=args.workdir, settings=opts, metrics=m, floor=floor,
-                                 sample_seconds=seconds, compile_seconds=compile_s,
-                                 train_seconds=train_seconds)) + "\n")
+        fh.write(files.json_text(dict(workdir=args.workdir, settings=opts, metrics=m,
+                                      floor=floor, sample_seconds=seconds,
+                                      compile_seconds=compile_s,
+                                      train_seconds=train_seconds)) + "\n")
 
 
 if __name__ == "__main__":
