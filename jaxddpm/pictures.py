@@ -5,6 +5,7 @@ GIF), a guidance sweep and the training curves. Each function returns uint8 arra
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any, Callable, Sequence
 
@@ -73,11 +74,10 @@ def reverse_gif(path: str, x_t, x0, *, scale: int = 3, ms_per_frame: int = 150) 
     frames.append(Image.fromarray(np.kron(grid, np.ones((scale, scale, 1), np.uint8))))
   frames += [frames[-1]] * 5  # Hold the result before looping.
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = files.temp_path(path)
-  frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
+  gif = io.BytesIO()
+  frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:],
                  duration=ms_per_frame, loop=0)
-  os.replace(tmp, path)
-  return path
+  return files.write_atomic(path, gif.getvalue())
 
 
 def guidance_sweep(config, params, labels, key: jax.Array,
