@@ -6,12 +6,12 @@
 #   STEPS=throughput bash bench/gpu_check.sh                         # ~4-5 min
 #   STEPS=checkpoint bash bench/gpu_check.sh                         # ~1 min
 #
-# Suggested first call of a session: the full 30 epochs of Fashion-MNIST with the
-# sweeps that trade accuracy for distance (the one GPU measurement issue 4 still
-# lacks; MNIST's, eleventh session: 355 s of training on an H200, then ~22 s per
-# setting after ~30 s of set-up; fits the 600 s command limit):
-#   STEPS=quality DATASETS=fmnist EPOCHS=30 TRAIN_TIMEOUT=375 QUALITY_TIMEOUT=205 \
-#     SWEEPS=guidance_fine,guidance_low,guidance_mid bash bench/gpu_check.sh
+# Suggested first call of a session: Fashion-MNIST's 30 epochs again (300 s of
+# training on an H200, thirteenth session), then whether more sampler steps bring
+# its distance nearer the floor (DDIM-50 had not converged on it; ~30 s of set-up,
+# then ~15-60 s per setting, DDIM-250 the longest):
+#   STEPS=quality DATASETS=fmnist EPOCHS=30 TRAIN_TIMEOUT=340 QUALITY_TIMEOUT=240 \
+#     SWEEPS=converged,guidance_fine bash bench/gpu_check.sh
 # A warm machine keeps runs/ (git-ignored) between calls: within its idle window
 # (status: idle_release_s) a second call can evaluate more settings of the same
 # model without training it again, e.g.
@@ -61,7 +61,9 @@
 # ../shared/data/*), .whl/ (the ml_collections wheel, see the device README) and
 # .jcache/classifiers/ (a copy of ~/.cache/jaxddpm/classifiers after the evaluator
 # classifiers were trained on the CPU, e.g. by bench/quality.py: keyed by dataset
-# and recipe). Results come back as $OUT/quality.tar (logs, metrics, grids, tables),
+# and recipe; with JAXDDPM_CACHE_DIR=$PWD/.jcache, `python -c "from configs import fmnist;
+# from jaxddpm.metrics import classifier; classifier.load_or_train(fmnist.get_config().data)"`
+# trains Fashion-MNIST's in ~12 min on 2 cores). Results come back as $OUT/quality.tar (logs, metrics, grids, tables),
 # $OUT/throughput.md and $OUT/checkpoint.md. SMOKE=1 runs the same pipeline on
 # :smoke configs (CPU).
 set -uo pipefail
