@@ -25,3 +25,20 @@ def _bench(script, *args):
 def test_bad_options_are_one_line_errors(script, args, message):
   r = _bench(script, *args)
   assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_every_sweep_gives_valid_distinct_settings():
+  """A bad setting in a sweep would surface only on a GPU, after minutes of training."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("bench_quality",
+                                                os.path.join(ROOT, "bench", "quality.py"))
+  quality = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(quality)
+  from jaxddpm import sampling
+  for variant in ("", ":cpu", ":smoke"):
+    config = quality.load_config(os.path.join(ROOT, "configs", "fmnist.py") + variant)
+    for name in quality.SWEEPS:
+      settings = quality._settings(config, [name], "runs/guide")
+      assert settings or variant == ":smoke", (name, variant)  # T < 250 drops some there.
+      names = [sampling.settings_name(sampling.resolve_options(config, s)) for s in settings]
+      assert len(set(names)) == len(names), (name, variant, names)
