@@ -423,13 +423,13 @@ def test_make_sampler_with_a_guide_workdir(tiny_config, tmp_path):
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-@pytest.mark.parametrize("steps,bias_tol", [(10, 0.3), (20, 0.3), (250, 0.02)])
+@pytest.mark.parametrize("steps,bias_tol", [(10, 0.6), (20, 0.35), (250, 0.01)])
 @pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
 def test_dpm_solver_matches_gaussian_marginals(schedule_name, steps, bias_tol, prediction):
   """DPM-Solver++(2M) against the exact denoiser: samples must match the solver's
   own exact finite-step moments to Monte-Carlo error. Those converge to the data
-  (within 2% at 250 steps); at 10-20 uniformly spaced steps the second-order
-  extrapolation misses the std of data this narrow by 16-26% (computed exactly)."""
+  (within 1% at 250 steps); at 10-20 uniformly spaced steps the std of data this
+  narrow comes out 14-58% low (computed exactly; DDIM: 20-58%)."""
   schedule = SCHEDULES[schedule_name]
   x = _run(schedule, prediction, sampler="dpmpp_2m", steps=steps).reshape(K, N, -1)
   _, std = exact_dpm_solver_moments(schedule, steps, 0.0, SIGMA)
@@ -451,8 +451,26 @@ def test_first_order_dpm_solver_step_is_ddim():
   a, s, a_p, s_p = np.sqrt(ab), np.sqrt(1 - ab), np.sqrt(ab_prev), np.sqrt(1 - ab_prev)
   np.testing.assert_allclose(c["c_x"], s_p / s, rtol=1e-5)
   np.testing.assert_allclose(c["c_0"], a_p - a * s_p / s, rtol=1e-5, atol=1e-6)
-  assert c["w_last"][0] == 0 and c["w_last"][-1] == 0  # First order at both ends.
+  # First order at the first step, into t = 0 and from it.
+  assert c["w_last"][0] == c["w_last"][1] == c["w_last"][-1] == 0 and np.all(c["w_last"][2:-1] < 0)
   np.testing.assert_allclose(c["w_cur"] + c["w_last"], 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("sigma", [0.15, 0.5])
+@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+def test_dpm_solver_beats_ddim_and_converges(schedule_name, sigma):
+  """Second order must pay, computed exactly on Gaussian data: DPM-Solver++(2M)'s std
+  error is below DDIM's at every step count and shrinks as the steps grow. (With a
+  second-order step into t = 0 it failed both: on linear, narrow data +17% at 50
+  steps against DDIM's -16%, and -16%, +16%, +17% at 10, 20, 50 steps.)"""
+  schedule = SCHEDULES[schedule_name]
+  errors = []
+  for steps in (10, 20, 50, 250):
+    _, std = exact_dpm_solver_moments(schedule, steps, 0.0, sigma)
+    _, ddim_std = exact_sampler_moments(schedule, steps, "ddim", 0.0, "small", 0.0, sigma)
+    errors.append(abs(std / sigma - 1))
+    assert errors[-1] < abs(ddim_std / sigma - 1), (steps, std / sigma, ddim_std / sigma)
+  assert errors == sorted(errors, reverse=True), errors
 
 
 def test_dpm_solver_with_guidance_moves_mean_as_closed_form():
