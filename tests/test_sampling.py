@@ -452,7 +452,8 @@ def test_first_order_dpm_solver_step_is_ddim():
   np.testing.assert_allclose(c["c_x"], s_p / s, rtol=1e-5)
   np.testing.assert_allclose(c["c_0"], a_p - a * s_p / s, rtol=1e-5, atol=1e-6)
   # First order at the first step, into t = 0 and from it.
-  assert c["w_last"][0] == c["w_last"][1] == c["w_last"][-1] == 0 and np.all(c["w_last"][2:-1] < 0)
+  w = c["w_last"]
+  assert w[0] == w[1] == w[-1] == 0 and np.all(w[2:-1] < 0)
   np.testing.assert_allclose(c["w_cur"] + c["w_last"], 1.0, rtol=1e-6)
 
 
