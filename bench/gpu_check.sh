@@ -61,9 +61,11 @@
 # ../shared/data/*), .whl/ (the ml_collections wheel, see the device README) and
 # .jcache/classifiers/ (a copy of ~/.cache/jaxddpm/classifiers after the evaluator
 # classifiers were trained on the CPU, e.g. by bench/quality.py: keyed by dataset
-# and recipe; with JAXDDPM_CACHE_DIR=$PWD/.jcache, `python -c "from configs import fmnist;
-# from jaxddpm.metrics import classifier; classifier.load_or_train(fmnist.get_config().data)"`
-# trains Fashion-MNIST's in ~12 min on 2 cores). Results come back as $OUT/quality.tar (logs, metrics, grids, tables),
+# and recipe). With JAXDDPM_CACHE_DIR=$PWD/.jcache, this trains Fashion-MNIST's in
+# ~12 min on 2 cores (the smoke classifiers there do not count):
+#   python -c "from configs import fmnist; from jaxddpm.metrics import classifier;
+#              classifier.load_or_train(fmnist.get_config().data)"
+# Results come back as $OUT/quality.tar (logs, metrics, grids, tables),
 # $OUT/throughput.md and $OUT/checkpoint.md. SMOKE=1 runs the same pipeline on
 # :smoke configs (CPU).
 set -uo pipefail
