@@ -9,9 +9,10 @@
 # Suggested first call of a session: Fashion-MNIST's 30 epochs again (300 s of
 # training on an H200, thirteenth session), then whether more sampler steps bring
 # its distance nearer the floor (DDIM-50 had not converged on it; ~30 s of set-up,
-# then ~15-60 s per setting, DDIM-250 the longest):
+# then ~15-60 s per setting, DDIM-250 the longest), and DPM-Solver++ 10 and 20 at
+# the config's guidance (1.5 in (0.28, 5.42] since the fourteenth session):
 #   STEPS=quality DATASETS=fmnist EPOCHS=30 TRAIN_TIMEOUT=340 QUALITY_TIMEOUT=240 \
-#     SWEEPS=converged,guidance_fine bash bench/gpu_check.sh
+#     SWEEPS=converged,dpm_steps bash bench/gpu_check.sh
 # A warm machine keeps runs/ (git-ignored) between calls: within its idle window
 # (status: idle_release_s) a second call can evaluate more settings of the same
 # model without training it again, e.g.

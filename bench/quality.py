@@ -26,24 +26,30 @@ import numpy as np  # noqa: E402
 
 from jaxddpm import checkpoint, evaluate, files, images, sampling  # noqa: E402
 
+# Sweeps that name a guidance scale guide every step (PLAIN) unless they give an
+# interval: some dataset configs default to an interval (configs/fmnist.py), and a
+# sweep must mean the same on every config. The others inherit the config's guidance.
+PLAIN = dict(guidance_interval=())
+
 SWEEPS = {
     "default": lambda c, guide: [{}],
     # Autoguidance (Karras et al. 2024) by --guide_workdir's model, around the
     # scales that did best on the :cpu models (docs/RESULTS.md).
     "autoguidance": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=s,
-                                           guide_workdir=guide) for s in (2.0, 2.5, 3.0)],
-    "guidance": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=s)
+                                           guide_workdir=guide, **PLAIN)
+                                      for s in (2.0, 2.5, 3.0)],
+    "guidance": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=s, **PLAIN)
                                   for s in (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)],
-    # Around the default, for the Frechet distance of strong models (issue 4's GPU
-    # target): guidance trades distance for accuracy.
-    "guidance_fine": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=s)
+    # Around guidance 2 (the :cpu configs' default), for the Frechet distance of strong
+    # models (issue 4's GPU target): guidance trades distance for accuracy.
+    "guidance_fine": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=s, **PLAIN)
                                        for s in (1.0, 1.5, 2.0)],
     # Below the default, where a strong model's distance is lowest (the GPU Fashion-MNIST
     # model: 2.4 at guidance 1, 7.8 at 1.5, 17.2 at 2), and guidance 1 with twice the
     # steps: is what remains the sampler's discretisation or the model? (On the MNIST
     # GPU model, the model: DDIM-100 gave DDIM-50's distance, docs/RESULTS.md.)
-    "guidance_low": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=1.25),
-                                      dict(sampler="ddim", steps=100, guidance_scale=1.0)],
+    "guidance_low": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=1.25, **PLAIN),
+                                      dict(sampler="ddim", steps=100, guidance_scale=1.0, **PLAIN)],
     # Guidance only at middle noise levels (Kynkäänniemi et al. 2024; (0.28, 5.42]
     # is their EDM2 interval, in the same σ): less mode-seeking at high noise.
     "guidance_interval": lambda c, guide: [
@@ -54,7 +60,8 @@ SWEEPS = {
     # guidance, the rest of the sample from the conditional model alone. (On the MNIST
     # GPU model, worse than plain guidance at equal accuracy.) First plain guidance 1.1,
     # between guidance_fine's 1 and guidance_low's 1.25 (first: a timeout keeps it).
-    "guidance_early": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=1.1)] + [
+    "guidance_early": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=1.1,
+                                             **PLAIN)] + [
         dict(sampler="ddim", steps=50, guidance_scale=s, guidance_interval=iv)
         for s, iv in ((2.0, (5.42, np.inf)), (3.0, (5.42, np.inf)), (2.0, (1.0, np.inf)))],
     # Small scales in the EDM2 interval: the best accuracy-for-distance trade found
@@ -66,7 +73,7 @@ SWEEPS = {
     # at guidance 1: 1.95 against 2.75): more steps at guidance 1, where the distance is
     # lowest, and DDIM-250 at guidance 2, the reference of issue 4's DPM-Solver++ target.
     "converged": lambda c, guide: [
-        dict(sampler=s, steps=n, guidance_scale=g)
+        dict(sampler=s, steps=n, guidance_scale=g, **PLAIN)
         for s, n, g in (("dpmpp_2m", 20, 1.0), ("ddim", 250, 1.0), ("dpmpp_2m", 50, 1.0),
                         ("ddim", 250, 2.0))
         if n <= c.diffusion.num_timesteps],

@@ -35,10 +35,15 @@ def test_every_sweep_gives_valid_distinct_settings():
   quality = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(quality)
   from jaxddpm import sampling
-  for variant in ("", ":cpu", ":smoke"):
-    config = quality.load_config(os.path.join(ROOT, "configs", "fmnist.py") + variant)
-    for name in quality.SWEEPS:
-      settings = quality._settings(config, [name], "runs/guide")
-      assert settings or variant == ":smoke", (name, variant)  # T < 250 drops some there.
-      names = [sampling.settings_name(sampling.resolve_options(config, s)) for s in settings]
-      assert len(set(names)) == len(names), (name, variant, names)
+  for path in ("mnist.py", "fmnist.py"):
+    for variant in ("", ":cpu", ":smoke"):
+      config = quality.load_config(os.path.join(ROOT, "configs", path) + variant)
+      for name in quality.SWEEPS:
+        settings = quality._settings(config, [name], "runs/guide")
+        assert settings or variant == ":smoke", (name, variant)  # T < 250 drops some there.
+        names = [sampling.settings_name(sampling.resolve_options(config, s)) for s in settings]
+        assert len(set(names)) == len(names), (name, variant, names)
+        # A setting that names a guidance scale names where it applies too: configs
+        # differ in their default interval, and a sweep must mean the same on each.
+        for s in settings:
+          assert "guidance_interval" in s or "guidance_scale" not in s, (name, s)
