@@ -54,7 +54,8 @@ def get_config(arg=None):
   sampling.eta = 0.0  # DDIM noise: 0 deterministic, 1 ≈ DDPM.
   sampling.guidance_scale = 2.0  # CFG scale s: 0 uncond, 1 cond, >1 stronger; 1-5.
   # () guides every step; (lo, hi) only where the noise level sigma = sqrt((1-ᾱ)/ᾱ)
-  # is in (lo, hi], conditional elsewhere (Kynkäänniemi et al. 2024).
+  # is in (lo, hi], conditional elsewhere (Kynkäänniemi et al. 2024). mnist.py and
+  # fmnist.py set (0.28, 5.42) where that measured better (docs/RESULTS.md).
   sampling.guidance_interval = ()
   # "" guides with the model's own unconditional prediction (CFG). A workdir: guide
   # with that run's model instead, a smaller one trained for less on the same data

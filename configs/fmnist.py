@@ -7,14 +7,16 @@ Run:
 
 Expected (measured, see docs/RESULTS.md): `:cpu` trains in 10-16 min on 2 CPU cores
 (MNIST, the same model and steps: 9:41 on an AMD EPYC, 14:16 on an Intel Xeon;
-Fashion-MNIST 16:08 on the Intel Xeon) to a validation loss of ~0.038 and a grid of
-recognisable garments of the right classes, one row per class (docs/fmnist_cpu.png);
-`--mode=evaluate` with 1,000 samples: conditional accuracy 93.6%, Frechet distance
-10.2 (real-data floor 1.6); with 10,000 samples 91.6% and 10.1 (floor 0.48). Default
-config on one H200 (bf16, all 30 epochs, 5 minutes with in-training evaluation off),
-10,000 samples: at the default guidance 2, 98.3% accuracy and a Frechet distance of
-21.0 (DPM-Solver++ 20 steps, before its fix into t = 0: 17.1); at guidance 1, 89.8%
-and 2.75, 1.95 with DDIM-100 (floor 0.51): docs/RESULTS.md, "One GPU".
+Fashion-MNIST 15:23-16:08 on the Intel Xeon) to a validation loss of ~0.038 and a
+grid of recognisable garments of the right classes, one row per class
+(docs/fmnist_cpu.png); `--mode=evaluate` at its guidance (3 for sigma in (0.28,
+5.42]) with 1,000 samples: conditional accuracy 94.3%, Frechet distance 9.2
+(real-data floor 1.7; guidance 2 at every step: 93.7% and 10.5); with 10,000
+samples 92.4% and 8.5 (floor 0.48). Default config on one H200 (bf16, all 30
+epochs, 5 minutes with in-training evaluation off), 10,000 samples: at its guidance
+(1.5 for sigma in (0.28, 5.42]) 94.4% accuracy and a Frechet distance of 5.5; with
+guidance 2 at every step 98.3% and 21.0; at guidance 1, 89.8% and 2.75, 1.95 with
+DDIM-100 (floor 0.51): docs/RESULTS.md, "One GPU".
 """
 
 from configs import base, variants
