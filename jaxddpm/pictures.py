@@ -108,11 +108,16 @@ def guidance_sweep(config, params, labels, key: jax.Array,
   return np.asarray(run(params, guide_params, key, labels, jnp.asarray(scales_np)))
 
 
-def guidance_grid(samples_SB, scales) -> np.ndarray:
-  """One row per scale (labelled), one column per label."""
+def guidance_grid(samples_SB, scales, interval=()) -> np.ndarray:
+  """One row per scale (labelled), one column per label; `interval`, where the
+  scales applied only to some noise levels, is captioned above them all (some
+  configs guide in an interval by default, and the scale alone would mislead)."""
   rows = [plots.caption(_to_rgb(images.grid(images.to_uint8(s), rows=1)), f"guidance {g:g}")
           for s, g in zip(samples_SB, scales)]
-  return plots.tile(rows, cols=1, pad=2)
+  tile = plots.tile(rows, cols=1, pad=2)
+  if interval:
+    tile = plots.caption(tile, "sigma in ({:g}, {:g}]".format(*interval))
+  return tile
 
 
 def training_curves(records: list[dict]) -> np.ndarray:
@@ -185,5 +190,7 @@ def write_all(workdir: str, out_dir: str, *, which: str = "best", labels=None, s
   if "guidance" in pictures:
     overrides = {k: v for k, v in sampling_overrides.items() if k != "guidance_scale"}
     sweep = guidance_sweep(config, params, labels, key, GUIDANCE_SCALES, **overrides)
-    put("guidance.png", lambda p: images.write_png(p, guidance_grid(sweep, GUIDANCE_SCALES)))
+    interval = sampling.resolve_options(config, overrides)["guidance_interval"]
+    put("guidance.png", lambda p: images.write_png(
+        p, guidance_grid(sweep, GUIDANCE_SCALES, interval)))
   return written

@@ -62,7 +62,12 @@ def test_guidance_sweep_is_per_scale_sampling_from_the_same_noise(tiny_model):
   for s, got in zip(scales, sweep):
     want = sampling.make_sampler(config, guidance_scale=s)(params, key, labels)
     np.testing.assert_allclose(got, np.asarray(want), atol=2e-4)
-  _not_blank(pictures.guidance_grid(sweep, scales))
+  plain = pictures.guidance_grid(sweep, scales)
+  _not_blank(plain)
+  # Scales that applied only in an interval say so: a caption row above them.
+  captioned = pictures.guidance_grid(sweep, scales, (0.28, 5.42))
+  assert captioned.shape[0] > plain.shape[0]
+  np.testing.assert_array_equal(captioned[-plain.shape[0]:, :plain.shape[1]], plain)
   with pytest.raises(ValueError, match=">= 0"):
     pictures.guidance_sweep(config, params, labels, key, (1.0, -1.0))
   with pytest.raises(ValueError, match="labels"):
