@@ -27,8 +27,8 @@ import numpy as np  # noqa: E402
 from jaxddpm import checkpoint, evaluate, files, images, sampling  # noqa: E402
 
 # Sweeps that name a guidance scale guide every step (PLAIN) unless they give an
-# interval: some dataset configs default to an interval (configs/fmnist.py), and a
-# sweep must mean the same on every config. The others inherit the config's guidance.
+# interval: some dataset configs default to one (configs/mnist.py, fmnist.py), and
+# a sweep must mean the same on every config. The others inherit the config's guidance.
 PLAIN = dict(guidance_interval=())
 
 SWEEPS = {
