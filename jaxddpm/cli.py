@@ -117,6 +117,13 @@ def config_flag_error(error: BaseException, argv, config_file: str | None) -> st
   that names no field, in place of ml_collections' traceback (a misspelt override is
   the commonest mistake on the command line)."""
   text = str(error)
+  overrides = [a.partition("=")[0] for a in argv if a.startswith("--config.")]
+  if config_file is None and overrides:
+    # absl only says "Unknown command line flag": the overrides exist only with --config.
+    return (f"{overrides[0]}: --config.<field> overrides change the config a training run "
+            "starts from and need --config; sample, evaluate and pictures read the run's "
+            "own config: use their flags instead (--sampler, --steps, --guidance_scale, "
+            "--guidance_interval, --eta; see --help).")
   if isinstance(error, (AttributeError, KeyError)):
     # ml_collections: KeyError/AttributeError("'lrr'\nDid you mean "lr" instead of "lrr"?")
     text = text.replace("\\n", "\n").replace("\\'", "'")

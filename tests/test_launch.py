@@ -136,6 +136,13 @@ def test_config_flag_errors_name_the_field():
                                       "[Errno 2] No such file or directory: 'c.py'"),
                               ["launch.py"], "c.py")
   assert msg.startswith("cannot load --config c.py: [Errno 2] No such file or directory")
+  # Overrides without --config (e.g. in sample mode, which reads the run's config).
+  from absl import flags
+  msg = cli.config_flag_error(flags.UnrecognizedFlagError("config.sampling.guidance_scale"),
+                              ["launch.py", "--mode=sample", "--config.sampling.guidance_scale=3"],
+                              None)
+  assert msg.startswith("--config.sampling.guidance_scale: --config.<field> overrides")
+  assert "--guidance_scale" in msg
 
 
 def test_a_gpu_config_on_a_cpu_gets_a_note():
