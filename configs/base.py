@@ -6,6 +6,10 @@ Override any field on the command line: `--config.sampling.guidance_scale=3`.
 
 import ml_collections
 
+# Kynkäänniemi et al.'s (2024) EDM2 guidance interval, in the noise level
+# sigma = sqrt((1-ᾱ)/ᾱ): the dataset configs that guide in an interval use this one.
+EDM2_INTERVAL = (0.28, 5.42)
+
 
 def get_config(arg=None):
   del arg  # Variants (":cpu", ":smoke") live in the dataset configs.
@@ -55,7 +59,7 @@ def get_config(arg=None):
   sampling.guidance_scale = 2.0  # CFG scale s: 0 uncond, 1 cond, >1 stronger; 1-5.
   # () guides every step; (lo, hi) only where the noise level sigma = sqrt((1-ᾱ)/ᾱ)
   # is in (lo, hi], conditional elsewhere (Kynkäänniemi et al. 2024). mnist.py and
-  # fmnist.py set (0.28, 5.42) where that measured better (docs/RESULTS.md).
+  # fmnist.py set EDM2_INTERVAL where that measured better (docs/RESULTS.md).
   sampling.guidance_interval = ()
   # "" guides with the model's own unconditional prediction (CFG). A workdir: guide
   # with that run's model instead, a smaller one trained for less on the same data

@@ -28,5 +28,5 @@ def get_config(arg=None):
     # floor's Frechet distance; 1.25 in the EDM2 interval keeps >= 99% at 2.8x,
     # the lowest distance measured at >= 99% (10,000 samples, docs/RESULTS.md).
     # The :cpu model keeps guidance 2 at every step: it needs the guidance (97.1%).
-    config.sampling.update(guidance_scale=1.25, guidance_interval=(0.28, 5.42))
+    config.sampling.update(guidance_scale=1.25, guidance_interval=base.EDM2_INTERVAL)
   return config
