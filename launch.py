@@ -30,6 +30,8 @@ flags.DEFINE_integer("num_samples", None, "evaluate: samples to score (default: 
 flags.DEFINE_string("sampler", None, "sample/evaluate: ddim | ddpm | dpmpp_2m (default: the "
                     "config's).")
 flags.DEFINE_integer("steps", None, "sample/evaluate: denoising steps (default: the config's).")
+flags.DEFINE_string("spacing", None, "sample/evaluate: which timesteps the steps visit, uniform "
+                    "| logsnr (default: the config's).")
 flags.DEFINE_float("guidance_scale", None, "sample/evaluate: guidance scale, CFG's or, with "
                    "--guide_workdir, autoguidance's (default: the config's).")
 flags.DEFINE_float("eta", None, "sample/evaluate: DDIM eta (default: the config's).")
@@ -122,7 +124,7 @@ def main(argv):
       signal.signal(signal.SIGTERM, _interrupt)
       cli.train(FLAGS.config, workdir, quiet=FLAGS.quiet)
     else:
-      sampling = dict(sampler=FLAGS.sampler, steps=FLAGS.steps,
+      sampling = dict(sampler=FLAGS.sampler, steps=FLAGS.steps, spacing=FLAGS.spacing,
                       guidance_scale=FLAGS.guidance_scale, eta=FLAGS.eta,
                       guidance_interval=FLAGS.guidance_interval,
                       guide_workdir=FLAGS.guide_workdir, seed=FLAGS.seed,

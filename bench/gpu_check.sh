@@ -6,13 +6,15 @@
 #   STEPS=throughput bash bench/gpu_check.sh                         # ~4-5 min
 #   STEPS=checkpoint bash bench/gpu_check.sh                         # ~1 min
 #
-# Suggested first call of a session: Fashion-MNIST's 30 epochs again (300 s of
-# training on an H200, thirteenth session), then whether more sampler steps bring
-# its distance nearer the floor (DDIM-50 had not converged on it; ~30 s of set-up,
-# then ~15-60 s per setting, DDIM-250 the longest), and DPM-Solver++ 10 and 20 at
-# the config's guidance (1.5 in (0.28, 5.42] since the fourteenth session):
-#   STEPS=quality DATASETS=fmnist EPOCHS=30 TRAIN_TIMEOUT=340 QUALITY_TIMEOUT=240 \
-#     SWEEPS=converged,dpm_steps bash bench/gpu_check.sh
+# Suggested first call of a session: Fashion-MNIST's default config again, 25 epochs
+# (the fifteenth session's 30 stopped at the 340-s limit after 27: ~130 s to the
+# first step there), then DPM-Solver++ with log-SNR-even steps (sweep `spacing`:
+# issue 4's DPM-Solver++ target, missed there with uniform steps, 7.27 against
+# DDIM-250's 3.57) beside DDIM-50 and DDIM-250, then DPM-Solver++ with uniform steps
+# if time is left (~30 s of set-up, then ~15-35 s per setting, ~70 s for DDIM-250;
+# a timeout keeps the settings done):
+#   STEPS=quality DATASETS=fmnist EPOCHS=25 TRAIN_TIMEOUT=320 QUALITY_TIMEOUT=260 \
+#     SWEEPS=default,spacing,converged_default,dpm_steps bash bench/gpu_check.sh
 # A warm machine keeps runs/ (git-ignored) between calls: within its idle window
 # (status: idle_release_s) a second call can evaluate more settings of the same
 # model without training it again, e.g.

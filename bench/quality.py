@@ -83,6 +83,13 @@ SWEEPS = {
     "converged_default": lambda c, guide: [
         dict(sampler=s, steps=n) for s, n in (("ddim", 250), ("dpmpp_2m", 50), ("ddim", 100))
         if n <= c.diffusion.num_timesteps],
+    # Timestep spacing (schedules.SPACINGS) at the config's guidance: DPM-Solver++ with
+    # log-SNR-even steps (its authors' choice), against its uniform steps (dpm_steps)
+    # and DDIM's; DDIM-250 with uniform steps (converged_default) is the reference.
+    "spacing": lambda c, guide: [
+        dict(sampler=s, steps=n, spacing="logsnr")
+        for s, n in (("dpmpp_2m", 20), ("dpmpp_2m", 10), ("ddim", 50))
+        if n <= c.diffusion.num_timesteps],
     "ddim_steps": lambda c, guide: [dict(sampler="ddim", steps=s)  # At most T steps.
                                     for s in (10, 20, 50, 100, 250)
                                     if s <= c.diffusion.num_timesteps],
@@ -195,7 +202,8 @@ def main():
         " for σ in ({:g}, {:g}]".format(*interval) if interval else "") + (
         f" (autoguidance by {opts['guide_workdir']})" if opts["guide_workdir"] else "")
     sampler = opts["sampler"] + (f" η={opts['eta']:g}" if opts["sampler"] == "ddim"
-                                 and opts["eta"] else "")
+                                 and opts["eta"] else "") + (
+        f", {opts['spacing']} steps" if opts["spacing"] != "uniform" else "")
     print(f"| {sampler} | {opts['steps']} | {guidance} | "
           f"{m['conditional_accuracy']:.4f} | {m['frechet_distance']:.3f} | "
           f"{m['precision']:.3f} | {m['recall']:.3f} | {seconds:.0f} "

@@ -84,7 +84,7 @@ def cpu_note(config_path: str | None, backend: str) -> str | None:
           f"or more. {path}:cpu trains a smaller model in about 10 minutes (2 cores).")
 
 
-_SAMPLING_FLAGS = ("sampler", "steps", "guidance_scale", "eta", "guidance_interval",
+_SAMPLING_FLAGS = ("sampler", "steps", "spacing", "guidance_scale", "eta", "guidance_interval",
                    "guide_workdir", "seed", "which", "out")
 # The launch.py flags each mode reads (beside --config, --workdir, --quiet, ...).
 MODE_FLAGS = {
@@ -122,8 +122,8 @@ def config_flag_error(error: BaseException, argv, config_file: str | None) -> st
     # absl only says "Unknown command line flag": the overrides exist only with --config.
     return (f"{overrides[0]}: --config.<field> overrides change the config a training run "
             "starts from and need --config; sample, evaluate and pictures read the run's "
-            "own config: use their flags instead (--sampler, --steps, --guidance_scale, "
-            "--guidance_interval, --eta; see --help).")
+            "own config: use their flags instead (--sampler, --steps, --spacing, "
+            "--guidance_scale, --guidance_interval, --eta; see --help).")
   if isinstance(error, (AttributeError, KeyError)):
     # ml_collections: KeyError/AttributeError("'lrr'\nDid you mean "lr" instead of "lrr"?")
     text = text.replace("\\n", "\n").replace("\\'", "'")
@@ -185,7 +185,7 @@ def sampling_overrides(**options) -> dict:
 
 
 def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sampler=None,
-           steps=None, guidance_scale=None, eta=None, guidance_interval=None,
+           steps=None, spacing=None, guidance_scale=None, eta=None, guidance_interval=None,
            guide_workdir=None, seed: int = 0, which: str = "best",
            out: str | None = None) -> tuple[str, str, str]:
   """Samples from a workdir's checkpoint; writes a PNG grid, an .npz and a PNG of
@@ -195,9 +195,9 @@ def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sample
   if config.data.conditioning != "class":
     raise ValueError("launch.py samples class-conditional models; for attribute models "
                      "call make_sampler(config)(params, key, attrs) with float [B, K] attrs.")
-  overrides = sampling_overrides(sampler=sampler, steps=steps, guidance_scale=guidance_scale,
-                                 eta=eta, guidance_interval=guidance_interval,
-                                 guide_workdir=guide_workdir)
+  overrides = sampling_overrides(sampler=sampler, steps=steps, spacing=spacing,
+                                 guidance_scale=guidance_scale, eta=eta,
+                                 guidance_interval=guidance_interval, guide_workdir=guide_workdir)
   sample_fn = sampling.make_sampler(config, with_stats=True, **overrides)
   label_array = parse_labels(labels, config.data.num_classes, num_per_class)
   # Across hosts the samples are split over every host's devices: gathered to each.
@@ -219,14 +219,15 @@ def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sample
   return png, npz, diag
 
 
-def evaluate(workdir: str, *, num_samples=None, sampler=None, steps=None, guidance_scale=None,
-             eta=None, guidance_interval=None, guide_workdir=None, seed: int = 0,
-             which: str = "best", out: str | None = None, quiet: bool = False) -> dict:
+def evaluate(workdir: str, *, num_samples=None, sampler=None, steps=None, spacing=None,
+             guidance_scale=None, eta=None, guidance_interval=None, guide_workdir=None,
+             seed: int = 0, which: str = "best", out: str | None = None,
+             quiet: bool = False) -> dict:
   """Scores a checkpoint's samples (jaxddpm/evaluate.py); writes eval.json."""
   from jaxddpm import evaluate as evaluate_lib
-  overrides = sampling_overrides(sampler=sampler, steps=steps, guidance_scale=guidance_scale,
-                                 eta=eta, guidance_interval=guidance_interval,
-                                 guide_workdir=guide_workdir)
+  overrides = sampling_overrides(sampler=sampler, steps=steps, spacing=spacing,
+                                 guidance_scale=guidance_scale, eta=eta,
+                                 guidance_interval=guidance_interval, guide_workdir=guide_workdir)
   result = evaluate_lib.evaluate_checkpoint(workdir, num_samples=num_samples, which=which,
                                             seed=seed, out=out, quiet=quiet, **overrides)
   m, f = result["metrics"], result["floor"]
@@ -240,15 +241,16 @@ def evaluate(workdir: str, *, num_samples=None, sampler=None, steps=None, guidan
 
 
 def pictures(workdir: str, *, labels: str = "all", pictures=None, sampler=None, steps=None,
-             guidance_scale=None, eta=None, guidance_interval=None, guide_workdir=None,
-             seed: int = 0, which: str = "best", out: str | None = None) -> list[str]:
+             spacing=None, guidance_scale=None, eta=None, guidance_interval=None,
+             guide_workdir=None, seed: int = 0, which: str = "best",
+             out: str | None = None) -> list[str]:
   """Forward / reverse strips, reverse GIF, guidance sweep, training curves."""
   from jaxddpm import checkpoint, pictures as pictures_lib
   config = checkpoint.load_config(workdir)
   label_array = parse_labels(labels, min(config.data.num_classes, 10), 1)
-  overrides = sampling_overrides(sampler=sampler, steps=steps, guidance_scale=guidance_scale,
-                                 eta=eta, guidance_interval=guidance_interval,
-                                 guide_workdir=guide_workdir)
+  overrides = sampling_overrides(sampler=sampler, steps=steps, spacing=spacing,
+                                 guidance_scale=guidance_scale, eta=eta,
+                                 guidance_interval=guidance_interval, guide_workdir=guide_workdir)
   paths = pictures_lib.write_all(workdir, out or os.path.join(workdir, "pictures"),
                                  which=which, labels=label_array, seed=seed,
                                  pictures=pictures or pictures_lib.PICTURES, **overrides)

@@ -99,8 +99,8 @@ def guidance_sweep(config, params, labels, key: jax.Array,
     denoise, guided = guidance.make_denoisers(model, params)
     one = lambda s: sampling.sample_loop(
         denoise, schedule, key, labels, shape, sampler=opts["sampler"], steps=opts["steps"],
-        eta=opts["eta"], guidance_scale=s, guidance_interval=opts["guidance_interval"],
-        prediction=config.diffusion.prediction,
+        spacing=opts["spacing"], eta=opts["eta"], guidance_scale=s,
+        guidance_interval=opts["guidance_interval"], prediction=config.diffusion.prediction,
         clip_x0=opts["clip_x0"], variance=opts["variance"], guided_fn=guided,
         guide_fn=guidance.make_guide_fn(guide_model, guide_params))
     return jax.vmap(one)(scales)

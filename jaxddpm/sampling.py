@@ -30,10 +30,11 @@ VARIANCES = ("small", "large")
 
 def check_options(*, sampler: str, steps: int, num_train_steps: int, eta: float,
                   guidance_scale, prediction: str, variance: str,
-                  guidance_interval=()) -> None:
+                  guidance_interval=(), spacing: str = "uniform") -> None:
   """ValueError for any sampler option a user can get wrong."""
   if sampler not in SAMPLERS:
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
+  schedules_lib.check_spacing(spacing)
   if variance not in VARIANCES:
     raise ValueError(f"unknown DDPM variance {variance!r}; choose one of {VARIANCES}.")
   diffusion.check_prediction(prediction)
@@ -111,6 +112,7 @@ def sample_loop(
     *,
     sampler: str = "ddim",
     steps: int = 50,
+    spacing: str = "uniform",
     eta: float = 0.0,
     guidance_scale=1.0,
     guidance_interval=(),
@@ -135,6 +137,8 @@ def sample_loop(
     sampler: "ddpm" (ancestral), "ddim" (eta = 0 deterministic, 1 ≈ DDPM) or
       "dpmpp_2m" (DPM-Solver++(2M), deterministic, good in 10-20 steps).
     steps: number of denoising steps, 1..T.
+    spacing: which training timesteps the steps visit: "uniform" (evenly spread)
+      or "logsnr" (λ evenly spread; see schedules.SPACINGS).
     eta: DDIM stochasticity.
     guidance_scale: CFG scale s >= 0; may be a traced scalar (for vmap sweeps).
     guidance_interval: () to guide every step, or (σ_low, σ_high): guide only the
@@ -161,7 +165,7 @@ def sample_loop(
   """
   check_options(sampler=sampler, steps=steps, num_train_steps=schedule.num_steps, eta=eta,
                 guidance_scale=guidance_scale, prediction=prediction, variance=variance,
-                guidance_interval=guidance_interval)
+                guidance_interval=guidance_interval, spacing=spacing)
   if len(shape) != 3:
     raise ValueError(f"shape must be one image's (H, W, C), got {shape}.")
   labels = jnp.asarray(labels)
@@ -170,7 +174,7 @@ def sample_loop(
   # Respacing is NumPy work on the concrete schedule; this keeps it out of the
   # trace when sample_loop runs inside jit (the schedule then enters as constants).
   with jax.ensure_compile_time_eval():
-    sched = schedules_lib.respace(schedule, steps)
+    sched = schedules_lib.respace(schedule, steps, spacing)
   if prediction == "eps" and np.asarray(sched.alpha_bars)[-1] == 0.0:
     raise ValueError("eps-prediction is undefined where ᾱ = 0 (zero terminal SNR); "
                      "use prediction 'v' or 'x0' with zero_terminal_snr.")
@@ -238,20 +242,26 @@ def resolve_options(config, overrides: dict) -> dict:
     raise ValueError(f"unknown sampling option(s) {unknown}; known: {sorted(opts)}.")
   opts.update(overrides)
   opts["guidance_interval"] = tuple(opts.get("guidance_interval") or ())  # JSON: a list.
-  opts["guide_workdir"] = opts.get("guide_workdir") or ""  # Configs made before it existed.
+  # Configs made before these options existed: their behaviour then.
+  opts["guide_workdir"] = opts.get("guide_workdir") or ""
+  opts["spacing"] = opts.get("spacing") or "uniform"
   check_options(sampler=opts["sampler"], steps=opts["steps"],
                 num_train_steps=config.diffusion.num_timesteps, eta=opts["eta"],
                 guidance_scale=opts["guidance_scale"],
                 prediction=config.diffusion.prediction, variance=opts["variance"],
-                guidance_interval=opts["guidance_interval"])
+                guidance_interval=opts["guidance_interval"], spacing=opts["spacing"])
   return opts
 
 
 def settings_name(opts: dict) -> str:
   """A file-name part for sampler settings: e.g. ddim50_g2, ddim50_g2_eta1,
-  ddim50_g3_i0.28-5.42, ddim50_g2.5_ag-guide_mnist (autoguidance by the run in
-  .../guide_mnist). Settings that differ get names that differ."""
-  name = f"{opts['sampler']}{opts['steps']}_g{opts['guidance_scale']:g}"
+  dpmpp_2m20_logsnr_g2, ddim50_g3_i0.28-5.42, ddim50_g2.5_ag-guide_mnist
+  (autoguidance by the run in .../guide_mnist). Settings that differ get names
+  that differ."""
+  name = f"{opts['sampler']}{opts['steps']}"
+  if opts.get("spacing", "uniform") != "uniform":
+    name += f"_{opts['spacing']}"
+  name += f"_g{opts['guidance_scale']:g}"
   if opts["sampler"] == "ddim" and opts.get("eta"):
     name += f"_eta{opts['eta']:g}"
   if opts["sampler"] == "ddpm" and opts.get("variance", "small") != "small":
@@ -299,7 +309,7 @@ def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = Fa
     denoise_fn, guided_fn = make_denoisers(model, params)
     return sample_loop(
         denoise_fn, schedule, key, labels, shape,
-        sampler=opts["sampler"], steps=opts["steps"], eta=opts["eta"],
+        sampler=opts["sampler"], steps=opts["steps"], spacing=opts["spacing"], eta=opts["eta"],
         guidance_scale=opts["guidance_scale"], guidance_interval=opts["guidance_interval"],
         prediction=config.diffusion.prediction,
         clip_x0=opts["clip_x0"], variance=opts["variance"], return_stats=with_stats,

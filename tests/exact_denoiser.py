@@ -47,7 +47,8 @@ def gaussian_denoiser(alpha_bars_T, mus_KHWC, sigma, prediction, uncond_mean_HWC
   return denoise
 
 
-def exact_sampler_moments(schedule, steps, sampler, eta, variance, mu, sigma):
+def exact_sampler_moments(schedule, steps, sampler, eta, variance, mu, sigma,
+                          spacing="uniform"):
   """Mean and std that the discrete sampler itself produces from Gaussian data.
 
   With the exact denoiser every update is affine in x_t: writing d = x_t - a·mu,
@@ -58,7 +59,7 @@ def exact_sampler_moments(schedule, steps, sampler, eta, variance, mu, sigma):
   """
   import numpy as np
   from jaxddpm import schedules
-  sched = schedules.respace(schedule, steps)
+  sched = schedules.respace(schedule, steps, spacing)
   ab = np.asarray(sched.alpha_bars, np.float64)
   ab_prev = np.asarray(sched.alpha_bars_prev, np.float64)
   coef1 = np.asarray(sched.posterior_mean_coef1, np.float64)
@@ -83,13 +84,13 @@ def exact_sampler_moments(schedule, steps, sampler, eta, variance, mu, sigma):
   return mu + d_mean, np.sqrt(d_var)
 
 
-def exact_dpm_solver_moments(schedule, steps, mu, sigma):
+def exact_dpm_solver_moments(schedule, steps, mu, sigma, spacing="uniform"):
   """Like exact_sampler_moments, for DPM-Solver++(2M). It is deterministic and
   affine in x_T = ξ with the exact denoiser, so x and the remembered x̂_0 stay
   of the form p·ξ + q; the output has mean q and std |p|."""
   import numpy as np
   from jaxddpm import sampling, schedules
-  sched = schedules.respace(schedule, steps)
+  sched = schedules.respace(schedule, steps, spacing)
   ab = np.asarray(sched.alpha_bars, np.float64)
   c = {k: np.asarray(v, np.float64)
        for k, v in sampling.dpm_solver_coefficients(sched.alpha_bars).items()}

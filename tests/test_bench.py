@@ -21,6 +21,8 @@ def _bench(script, *args):
     ("quality.py", ["--workdir", "nowhere", "--sweeps", "default,cfg"], "unknown sweep(s) ['cfg']"),
     ("quality.py", ["--workdir", "nowhere", "--num_samples", "3"], "--num_samples must be >= 10"),
     ("quality.py", ["--workdir", "nowhere"], "error: nowhere holds no checkpoint"),
+    ("spacing.py", ["--datasets", "mnist,cifar"], "--datasets: choose from"),
+    ("spacing.py", ["--steps", "20,x"], "--steps: comma-separated"),
 ])
 def test_bad_options_are_one_line_errors(script, args, message):
   r = _bench(script, *args)

@@ -9,9 +9,9 @@ from jaxddpm import checkpoint
 
 
 def _older_workdir(tmp_path):
-  """A workdir whose config.json predates the `eval` section and a sampling field."""
+  """A workdir whose config.json predates the `eval` section and two sampling fields."""
   saved = json.loads(base.get_config().to_json_best_effort())
-  del saved["eval"], saved["sampling"]["guide_workdir"]
+  del saved["eval"], saved["sampling"]["guide_workdir"], saved["sampling"]["spacing"]
   saved["sampling"]["guidance_scale"] = 3.5
   (tmp_path / "config.json").write_text(json.dumps(saved))
   return str(tmp_path)
@@ -21,7 +21,7 @@ def test_an_older_config_gets_the_fields_it_lacks_from_the_base_config(tmp_path)
   config = checkpoint.load_config(_older_workdir(tmp_path))
   assert config.sampling.guidance_scale == 3.5  # Saved values stay.
   assert config.eval.to_dict() == base.get_config().eval.to_dict()
-  assert config.sampling.guide_workdir == ""
+  assert config.sampling.guide_workdir == "" and config.sampling.spacing == "uniform"
 
 
 def test_a_users_own_configs_package_does_not_change_the_defaults(tmp_path, monkeypatch):

@@ -39,16 +39,19 @@ def test_train_resume_sample_evaluate(real_data_dir, tmp_path):
   r = _launch("--mode=sample", "--workdir", workdir, "--labels=3,1,4", "--steps=4",
               "--guidance_scale=2", "--seed=1", data_dir=real_data_dir, cache_dir=cache)
   assert r.returncode == 0, r.stderr[-3000:]
-  # Guidance in an interval, over the config.json of a workdir (which stores a list).
+  # Guidance in an interval, over the config.json of a workdir (which stores a list),
+  # and log-SNR-even steps.
   r = _launch("--mode=sample", "--workdir", workdir, "--labels=3", "--steps=4",
-              "--guidance_scale=2", "--guidance_interval=0.5,20", "--seed=1",
-              data_dir=real_data_dir, cache_dir=cache)
+              "--guidance_scale=2", "--guidance_interval=0.5,20", "--spacing=logsnr",
+              "--seed=1", data_dir=real_data_dir, cache_dir=cache)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert os.path.isfile(os.path.join(workdir, "samples", "sample_ddim4_g2_i0.5-20_seed1.png"))
-  r = _launch("--mode=sample", "--workdir", workdir, "--guidance_interval=3,1",
-              data_dir=real_data_dir, cache_dir=cache)
-  assert r.returncode != 0 and "error: guidance_interval must be" in r.stderr
-  assert "Traceback" not in r.stderr
+  assert os.path.isfile(os.path.join(workdir, "samples",
+                                     "sample_ddim4_logsnr_g2_i0.5-20_seed1.png"))
+  for flag, error in (("--guidance_interval=3,1", "error: guidance_interval must be"),
+                      ("--spacing=karras", "error: unknown timestep spacing 'karras'")):
+    r = _launch("--mode=sample", "--workdir", workdir, flag, data_dir=real_data_dir,
+                cache_dir=cache)
+    assert r.returncode != 0 and error in r.stderr and "Traceback" not in r.stderr
   # Autoguidance (the run guiding itself here: any saved run of the same data and
   # diffusion settings will do), and a guide that is not a run.
   r = _launch("--mode=sample", "--workdir", workdir, "--labels=3", "--steps=4",

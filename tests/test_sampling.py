@@ -310,6 +310,7 @@ def test_zero_terminal_snr_v_prediction_samples_data():
     (dict(prediction="score"), "prediction"),
     (dict(variance="medium"), "variance"),
     (dict(eta=-0.5), "eta"),
+    (dict(spacing="karras"), "unknown timestep spacing"),
     (dict(guidance_interval=(3.0, 1.0)), "guidance_interval"),
     (dict(guidance_interval=(-1.0, 1.0)), "guidance_interval"),
     (dict(guidance_interval=(1.0,)), "guidance_interval"),
@@ -474,6 +475,38 @@ def test_dpm_solver_beats_ddim_and_converges(schedule_name, sigma):
   assert errors == sorted(errors, reverse=True), errors
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+def test_logsnr_spacing_matches_gaussian_marginals(schedule_name, sampler):
+  """sample_loop with log-SNR-even steps against the exact moments of the same steps."""
+  schedule = SCHEDULES[schedule_name]
+  x = _run(schedule, "v", sampler=sampler, steps=20, spacing="logsnr").reshape(K, N, -1)
+  if sampler == "ddim":
+    _, std = exact_sampler_moments(schedule, 20, "ddim", 0.0, "small", 0.0, SIGMA, "logsnr")
+  else:
+    _, std = exact_dpm_solver_moments(schedule, 20, 0.0, SIGMA, "logsnr")
+  mean_err = (x.mean(axis=1) - MUS.reshape(K, -1)) / (std / np.sqrt(N))
+  assert np.abs(mean_err).max() < Z, mean_err
+  std_err = (x.std(axis=1).mean(axis=1) - std) / (std / np.sqrt(2 * N * x.shape[2]))
+  assert np.abs(std_err).max() < Z, std_err
+
+
+@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+def test_logsnr_spacing_resolves_narrow_data(schedule_name):
+  """Why DPM-Solver++ needs log-SNR-even steps, computed exactly: narrow data (fine
+  detail, std 0.02-0.15) is denoised at low noise, where uniform steps are few and
+  large in λ. There logsnr at least halves the solver's std error at 10, 20 and 50
+  steps, and at 20 steps brings data of std >= 0.05 within 3% (uniform: 14-57% low)."""
+  schedule = SCHEDULES[schedule_name]
+  for sigma in (0.02, 0.05, 0.15):
+    for steps in (10, 20, 50):
+      err = {sp: abs(exact_dpm_solver_moments(schedule, steps, 0.0, sigma, sp)[1] / sigma - 1)
+             for sp in schedules.SPACINGS}
+      assert err["logsnr"] < 0.5 * err["uniform"], (sigma, steps, err)
+      if steps == 20 and sigma >= 0.05:
+        assert err["logsnr"] < 0.03, (sigma, err)
+
+
 def test_dpm_solver_with_guidance_moves_mean_as_closed_form():
   schedule = SCHEDULES["cosine"]
   mu_u, scale = np.full(SHAPE, 0.1, np.float32), 2.5
@@ -518,7 +551,8 @@ def test_settings_that_differ_get_file_names_that_differ(tiny_config):
   """`--eta=1` once wrote over the eta-0 samples of the same sampler, steps and scale."""
   variants = [{}, dict(eta=1.0), dict(eta=0.5), dict(clip_x0=False),
               dict(sampler="ddpm", steps=100), dict(sampler="ddpm", steps=100, variance="large"),
-              dict(guidance_interval=(0.3, 5.0)), dict(guidance_scale=3.0)]
+              dict(guidance_interval=(0.3, 5.0)), dict(guidance_scale=3.0),
+              dict(spacing="logsnr")]
   names = [sampling.settings_name(sampling.resolve_options(tiny_config, v)) for v in variants]
   assert len(set(names)) == len(names), names
   assert names[1] == f"ddim{tiny_config.sampling.steps}_g{tiny_config.sampling.guidance_scale:g}_eta1"

@@ -99,8 +99,55 @@ def test_respacing_keeps_marginals_at_kept_steps():
     schedules.respace(r, 10)
 
 
+def _logsnr(alpha_bars):
+  ab = _f64(alpha_bars)
+  with np.errstate(divide="ignore"):
+    return 0.5 * (np.log(ab) - np.log1p(-ab))
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "cosine_zt"])
+@pytest.mark.parametrize("steps", [1, 2, 10, 20, 50, 250, 1000])
+def test_logsnr_spacing(name, steps):
+  """Exactly `steps` distinct timesteps from 0 to T-1 (T-1 alone for one step), the
+  marginals kept, and λ evenly spread: each timestep the integer nearest the one at
+  λ_i (λ even from λ(0) to σ = LOGSNR_SIGMA_MAX), except at the clean end, where λ
+  falls faster than integer timesteps resolve, every timestep 0, 1, 2, ... until
+  the even grid is coarser (and likewise ..., 998, 999 at the noisy end)."""
+  full = ALL[name]()
+  r = schedules.respace(full, steps, "logsnr")
+  t = np.asarray(r.timesteps)
+  assert len(t) == steps and t[-1] == 999 and np.all(np.diff(t) > 0)
+  assert steps == 1 or t[0] == 0
+  np.testing.assert_allclose(_f64(r.alpha_bars), _f64(full.alpha_bars)[t], rtol=1e-5)
+  if steps < 3 or steps == 1000:
+    return
+  lam = _logsnr(full.alpha_bars)
+  targets = np.linspace(lam[0], -np.log(schedules.LOGSNR_SIGMA_MAX), steps - 1)
+  grid = np.arange(1000)[np.isfinite(lam)]
+  nearest = np.array([grid[np.argmin(np.abs(lam[grid] - v))] for v in targets])
+  m = np.argmax(t != np.arange(steps))  # t[:m] = 0, 1, ..., m-1: the clean end.
+  tail = 1000 - steps + np.arange(steps)  # Likewise ..., 998, 999 at the noisy end.
+  n = steps - np.argmax((t == tail)[::-1] == False)  # noqa: E712  t[n:] = tail[n:].
+  np.testing.assert_array_equal(t[m:n], nearest[m:n])
+  assert np.all(nearest[:m] <= t[:m])  # Pushed up past merged neighbours, never down.
+  # Mostly even in λ at the step counts samplers use; at 250 of 1000 (cosine) over
+  # half are runs of consecutive timesteps: the integer grid is the limit there.
+  assert steps > 50 or (m - 1) + (steps - 1 - n) < steps // 4, (t, nearest)  # 0, T-1 aside.
+
+
+def test_logsnr_spacing_goes_to_T_minus_1_on_short_schedules():
+  """Where T-1 is below σ_max (linear, T=100: σ ≈ 1.3), λ runs evenly to T-1."""
+  full = schedules.linear(100)
+  lam = _logsnr(full.alpha_bars)
+  t = schedules.logsnr_timesteps(full.alpha_bars, 10)
+  assert t[-1] == 99 and len(np.unique(t)) == 10
+  h = -np.diff(lam[t[4:]])
+  np.testing.assert_allclose(h, h.mean(), rtol=0.35)  # Integer timesteps: near even.
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda: schedules.make("sigmoid", 100), "unknown schedule"),
+    (lambda: schedules.respace(schedules.linear(100), 10, "karras"), "unknown timestep spacing"),
     (lambda: schedules.linear(1), "T"),
     (lambda: schedules.linear(100, 0.1, 0.01), "beta_start"),
     (lambda: schedules.cosine(100, max_beta=0.0), "max_beta"),

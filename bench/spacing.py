@@ -1,0 +1,143 @@
+"""How far each sampler's few steps are from the exact ODE, computed exactly.
+
+  python bench/spacing.py                      # MNIST and Fashion-MNIST, ~15 s
+  python bench/spacing.py --datasets fmnist --steps 20,50
+
+Stand-in data: a Gaussian with the real train split's mean and covariance. Its
+optimal denoiser is linear, so DDIM (η = 0) and DPM-Solver++(2M) map x_T ~ N(0, I)
+to a Gaussian whose std along each principal axis follows from the schedule alone
+(the recursions of tests/exact_denoiser.py, one per axis). The table gives the
+Frechet distance in pixel space between what the sampler produces and the data
+Gaussian, Σ_k (std_k - sqrt(λ_k))², zero for an exact solver; the finite-step
+error, nothing else. Axes of small variance (fine detail) are denoised at low
+noise, where uniformly spread timesteps are few: the case for `spacing="logsnr"`.
+A trained network is not this denoiser, so these numbers rank step schedules.
+
+  python bench/spacing.py --workdir runs/fmnist_cpu --num_samples 100
+
+also measures a trained model's own step error: the RMS distance (in 8-bit grey
+levels) of each setting's images from those of DDIM with all T steps, from the same
+x_T and labels, at the run's guidance (--conditional: guidance 1). Unlike a Frechet
+distance this has no sampling noise and no feature space, only the solver's error.
+The models' Frechet distances are bench/quality.py's (docs/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+import numpy as np  # noqa: E402
+
+from exact_denoiser import exact_dpm_solver_moments, exact_sampler_moments  # noqa: E402
+from jaxddpm import data, schedules  # noqa: E402
+
+CONFIGS = {"mnist": "configs/mnist.py", "fmnist": "configs/fmnist.py"}
+
+
+def principal_stds(config) -> np.ndarray:
+  """sqrt of the train split's covariance eigenvalues, pixels in [-1, 1]."""
+  x = data.load_split(config.data, "train").images.reshape(-1, config.data.image_size**2)
+  x = x.astype(np.float64) / 127.5 - 1.0
+  x -= x.mean(axis=0)
+  return np.sqrt(np.maximum(np.linalg.eigvalsh(x.T @ x / len(x)), 0.0))
+
+
+def frechet_error(schedule, stds, sampler: str, steps: int, spacing: str) -> float:
+  if sampler == "ddim":
+    _, out = exact_sampler_moments(schedule, steps, "ddim", 0.0, "small", 0.0, stds, spacing)
+  else:
+    _, out = exact_dpm_solver_moments(schedule, steps, 0.0, stds, spacing)
+  return float(np.sum((out - stds) ** 2))
+
+
+MODEL_SETTINGS = [(s, n, sp) for s, ns in (("ddim", (20, 50, 100, 250)), ("dpmpp_2m", (10, 20, 50)))
+                  for n in ns for sp in ("uniform", "logsnr")]
+
+
+def model_errors(workdir: str, num_samples: int, batch_size: int, conditional: bool):
+  """Rows (sampler, steps, spacing, network evaluations, RMS grey levels from DDIM-T)."""
+  import jax
+  from jaxddpm import checkpoint, evaluate, guidance, sampling
+  config, params = checkpoint.load_checkpoint(workdir)
+  labels = np.arange(num_samples) % config.data.num_classes
+  extra = dict(guidance_scale=1.0) if conditional else {}
+  T = config.diffusion.num_timesteps
+
+  def images(**kw):
+    sample = sampling.make_sampler(config, with_stats=True, **extra, **kw)
+    return evaluate.generate(sample, params, labels, jax.random.key(0),
+                             batch_size=batch_size).astype(np.float64)
+
+  ref = images(sampler="ddim", steps=T)
+  rows = []
+  for sampler, steps, spacing in MODEL_SETTINGS:
+    if steps >= T:
+      continue
+    opts = sampling.resolve_options(config, dict(extra, sampler=sampler, steps=steps,
+                                                 spacing=spacing))
+    sched = schedules.respace(schedules.from_config(config.diffusion), steps, spacing)
+    guided = guidance.guided_steps(sched.alpha_bars, opts["guidance_interval"])
+    evals = steps + (int(np.sum(guided)) if opts["guidance_scale"] != 1 else 0)
+    err = np.sqrt(np.mean((images(sampler=sampler, steps=steps, spacing=spacing) - ref) ** 2))
+    rows.append((sampler, steps, spacing, evals, err))
+    print(f"| {sampler} | {steps} | {spacing} | {evals} | {err:.2f} |", flush=True)
+  return rows
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--datasets", default="mnist,fmnist")
+  p.add_argument("--steps", default="10,20,50,100,250")
+  p.add_argument("--workdir", default="", help="also a trained model's step error")
+  p.add_argument("--num_samples", type=int, default=100)
+  p.add_argument("--batch_size", type=int, default=100)
+  p.add_argument("--conditional", action="store_true", help="guidance 1, not the run's")
+  args = p.parse_args()
+  if args.num_samples < 1 or args.batch_size < 1:
+    p.error("--num_samples and --batch_size must be >= 1.")
+  names = args.datasets.split(",")
+  if set(names) - set(CONFIGS):
+    p.error(f"--datasets: choose from {sorted(CONFIGS)}, got {args.datasets!r}.")
+  try:
+    steps_list = [int(s) for s in args.steps.split(",")]
+  except ValueError:
+    p.error(f"--steps: comma-separated step counts, got {args.steps!r}.")
+  from bench.quality import load_config
+  for name in names:
+    config = load_config(os.path.join(ROOT, CONFIGS[name]))
+    stds = principal_stds(config)
+    schedule = schedules.from_config(config.diffusion)
+    d = config.diffusion
+    print(f"\n{name}: {d.schedule} schedule, T={d.num_timesteps}; total variance "
+          f"{np.sum(stds**2):.1f}, {np.sum(stds**2 > 1e-3)} of {len(stds)} axes with "
+          f"variance > 1e-3. Pixel-space Frechet distance to the data Gaussian:\n")
+    print("| sampler | spacing | " + " | ".join(f"{s} steps" for s in steps_list) + " |")
+    print("|---|---|" + "---|" * len(steps_list))
+    for sampler in ("ddim", "dpmpp_2m"):
+      for spacing in schedules.SPACINGS:
+        errs = [frechet_error(schedule, stds, sampler, s, spacing) for s in steps_list]
+        print(f"| {sampler} | {spacing} | " + " | ".join(f"{e:.4f}" for e in errs) + " |")
+  if args.workdir:
+    from jaxddpm import checkpoint
+    config = checkpoint.load_config(args.workdir)
+    s = config.sampling
+    guide = ("1 (--conditional)" if args.conditional else f"{s.guidance_scale:g}" + (
+        " for σ in ({:g}, {:g}]".format(*s.guidance_interval) if s.guidance_interval else ""))
+    print(f"\n{args.workdir}: {args.num_samples} samples, guidance {guide}; RMS distance "
+          f"in grey levels (0-255) from DDIM with all {config.diffusion.num_timesteps} "
+          "steps, same x_T:\n")
+    print("| sampler | steps | spacing | network evaluations | RMS from DDIM-T |")
+    print("|---|---|---|---|---|")
+    model_errors(args.workdir, args.num_samples, args.batch_size, args.conditional)
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except ValueError as e:
+    sys.exit(f"error: {e}")
