@@ -10,9 +10,10 @@
 # (the fifteenth session's 30 stopped at the 340-s limit after 27: ~130 s to the
 # first step there), then DPM-Solver++ with log-SNR-even steps (sweep `spacing`:
 # issue 4's DPM-Solver++ target, missed there with uniform steps, 7.27 against
-# DDIM-250's 3.57) beside DDIM-50 and DDIM-250, then DPM-Solver++ with uniform steps
-# if time is left (~30 s of set-up, then ~15-35 s per setting, ~70 s for DDIM-250;
-# a timeout keeps the settings done):
+# DDIM-250's 3.57; then unguided, against the fifteenth session's 4.51 with uniform
+# steps and DDIM-250's 1.66) beside DDIM-50 and DDIM-250, then DPM-Solver++ with
+# uniform steps if time is left (~30 s of set-up, then ~15-35 s per setting, ~70 s
+# for DDIM-250; a timeout keeps the settings done):
 #   STEPS=quality DATASETS=fmnist EPOCHS=25 TRAIN_TIMEOUT=320 QUALITY_TIMEOUT=260 \
 #     SWEEPS=default,spacing,converged_default,dpm_steps bash bench/gpu_check.sh
 # A warm machine keeps runs/ (git-ignored) between calls: within its idle window
