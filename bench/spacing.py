@@ -1,6 +1,6 @@
 """How far each sampler's few steps are from the exact ODE, computed exactly.
 
-  python bench/spacing.py                      # MNIST and Fashion-MNIST, ~15 s
+  python bench/spacing.py                      # MNIST and Fashion-MNIST, ~10 s
   python bench/spacing.py --datasets fmnist --steps 20,50
 
 Stand-in data: a Gaussian with the real train split's mean and covariance. Its
@@ -55,12 +55,13 @@ def frechet_error(schedule, stds, sampler: str, steps: int, spacing: str) -> flo
   return float(np.sum((out - stds) ** 2))
 
 
-MODEL_SETTINGS = [(s, n, sp) for s, ns in (("ddim", (20, 50, 100, 250)), ("dpmpp_2m", (10, 20, 50)))
-                  for n in ns for sp in ("uniform", "logsnr")]
+MODEL_SETTINGS = [(s, n, sp)
+                  for s, ns in (("ddim", (20, 50, 100, 250)), ("dpmpp_2m", (10, 20, 50)))
+                  for n in ns for sp in schedules.SPACINGS]
 
 
 def model_errors(workdir: str, num_samples: int, batch_size: int, conditional: bool):
-  """Rows (sampler, steps, spacing, network evaluations, RMS grey levels from DDIM-T)."""
+  """Prints a row per setting: network evaluations and RMS grey levels from DDIM-T."""
   import jax
   from jaxddpm import checkpoint, evaluate, guidance, sampling
   config, params = checkpoint.load_checkpoint(workdir)
@@ -74,7 +75,6 @@ def model_errors(workdir: str, num_samples: int, batch_size: int, conditional: b
                              batch_size=batch_size).astype(np.float64)
 
   ref = images(sampler="ddim", steps=T)
-  rows = []
   for sampler, steps, spacing in MODEL_SETTINGS:
     if steps >= T:
       continue
@@ -84,9 +84,7 @@ def model_errors(workdir: str, num_samples: int, batch_size: int, conditional: b
     guided = guidance.guided_steps(sched.alpha_bars, opts["guidance_interval"])
     evals = steps + (int(np.sum(guided)) if opts["guidance_scale"] != 1 else 0)
     err = np.sqrt(np.mean((images(sampler=sampler, steps=steps, spacing=spacing) - ref) ** 2))
-    rows.append((sampler, steps, spacing, evals, err))
     print(f"| {sampler} | {steps} | {spacing} | {evals} | {err:.2f} |", flush=True)
-  return rows
 
 
 def main():
