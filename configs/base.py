@@ -56,7 +56,8 @@ def get_config(arg=None):
   sampling.sampler = "ddim"  # ddim | ddpm | dpmpp_2m (DPM-Solver++(2M), 10-20 steps).
   sampling.steps = 50  # Denoising steps (respaced); 1..T. DDPM is best at T.
   # Which timesteps the steps visit: uniform (evenly spread) | logsnr (log-SNR evenly
-  # spread: finer steps at low noise; DPM-Solver++ needs it, docs/RESULTS.md).
+  # spread: finer steps at low noise; 3x less step error for DPM-Solver++ 20 unguided,
+  # 1.2x with guidance in an interval: docs/RESULTS.md, "Timestep spacing").
   sampling.spacing = "uniform"
   sampling.eta = 0.0  # DDIM noise: 0 deterministic, 1 ≈ DDPM.
   sampling.guidance_scale = 2.0  # CFG scale s: 0 uncond, 1 cond, >1 stronger; 1-5.

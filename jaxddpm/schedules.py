@@ -156,9 +156,10 @@ def cosine(T: int, s: float = 0.008, max_beta: float = 0.999, *,
 # DDPM). "logsnr": the log signal-to-noise ratio λ = log(sqrt(ᾱ)/sqrt(1-ᾱ)) evenly
 # spread (DPM-Solver's choice). With the cosine schedule, uniform steps leave the
 # low-noise end, where fine texture is decided, to one or two big steps in λ; there
-# DPM-Solver++(2M) at 20 steps lost to DDIM-50 on the Fashion-MNIST GPU model, and on
-# Gaussian data with Fashion-MNIST's spectrum (exact denoiser) its error fell ~100x
-# with "logsnr" (docs/RESULTS.md, "Timestep spacing").
+# DPM-Solver++(2M) at 20 steps lost to DDIM-50 on the Fashion-MNIST GPU model. With
+# "logsnr" its error fell ~130x on Gaussian data with Fashion-MNIST's spectrum (exact
+# denoiser) and 3x on the Fashion-MNIST :cpu model unguided, but only 1.2x with
+# guidance in an interval (docs/RESULTS.md, "Timestep spacing"): hence not the default.
 SPACINGS = ("uniform", "logsnr")
 # "logsnr" spreads λ from the cleanest timestep up to this noise level σ = sqrt((1-ᾱ)/ᾱ)
 # (EDM's σ_max, Karras et al. 2022), then steps once from T-1: the cosine schedule's
