@@ -8,10 +8,11 @@
 #
 # Suggested first call of a session: Fashion-MNIST's default config again, 25 epochs
 # (the fifteenth session's 30 stopped at the 340-s limit after 27: ~130 s to the
-# first step there), then DPM-Solver++ with log-SNR-even steps (sweep `spacing`:
+# first step there), then DPM-Solver++ with log-SNR-even steps and (since the
+# sixteenth session) its first-order step from the guidance onset (sweep `spacing`:
 # issue 4's DPM-Solver++ target, missed there with uniform steps, 7.27 against
 # DDIM-250's 3.57; then unguided, against the fifteenth session's 4.51 with uniform
-# steps and DDIM-250's 1.66) beside DDIM-50 and DDIM-250, then DPM-Solver++ with
+# steps and DDIM-250's 1.66; then 50 steps) beside DDIM-50 and DDIM-250, then DPM-Solver++ with
 # uniform steps if time is left (~30 s of set-up, then ~15-35 s per setting, ~70 s
 # for DDIM-250; a timeout keeps the settings done):
 #   STEPS=quality DATASETS=fmnist EPOCHS=25 TRAIN_TIMEOUT=320 QUALITY_TIMEOUT=260 \

@@ -1,7 +1,7 @@
 """How far each sampler's few steps are from the exact ODE, computed exactly.
 
-  python bench/spacing.py                      # MNIST and Fashion-MNIST, ~10 s
-  python bench/spacing.py --datasets fmnist --steps 20,50
+  python bench/spacing.py                      # MNIST and Fashion-MNIST, ~20 s
+  python bench/spacing.py --datasets fmnist --steps 20,50 --guidance 3
 
 Stand-in data: a Gaussian with the real train split's mean and covariance. Its
 optimal denoiser is linear, so DDIM (η = 0) and DPM-Solver++(2M) map x_T ~ N(0, I)
@@ -12,6 +12,15 @@ Gaussian, Σ_k (std_k - sqrt(λ_k))², zero for an exact solver; the finite-step
 error, nothing else. Axes of small variance (fine detail) are denoised at low
 noise, where uniformly spread timesteps are few: the case for `spacing="logsnr"`.
 A trained network is not this denoiser, so these numbers rank step schedules.
+
+With guidance in the config's interval (--guidance, the scales; 0 skips it): one
+Gaussian per class (the class's mean, the within-class covariance), and the
+unconditional model a Gaussian with the overall mean and the same covariance, so the
+CFG denoiser is linear too. Guidance only shifts means, and where it switches on the
+prediction jumps. The table gives the Frechet distance, averaged over classes, to
+the exact guided ODE (DDIM with all T steps, the same interval), including
+DPM-Solver++ as it was before it stepped from the guidance onset
+(sampling.step_schedule): "dpmpp_2m (no onset step)".
 
   python bench/spacing.py --workdir runs/fmnist_cpu --num_samples 100
 
@@ -33,8 +42,10 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import numpy as np  # noqa: E402
 
-from exact_denoiser import exact_dpm_solver_moments, exact_sampler_moments  # noqa: E402
-from jaxddpm import data, schedules  # noqa: E402
+from exact_denoiser import (ddim_affine, dpm_solver_affine, exact_dpm_solver_moments,  # noqa: E402
+                            exact_sampler_moments)
+from configs import base  # noqa: E402
+from jaxddpm import data, guidance, sampling, schedules  # noqa: E402
 
 CONFIGS = {"mnist": "configs/mnist.py", "fmnist": "configs/fmnist.py"}
 
@@ -45,6 +56,43 @@ def principal_stds(config) -> np.ndarray:
   x = x.astype(np.float64) / 127.5 - 1.0
   x -= x.mean(axis=0)
   return np.sqrt(np.maximum(np.linalg.eigvalsh(x.T @ x / len(x)), 0.0))
+
+
+def class_statistics(config):
+  """(within-class principal stds [D], class-mean offsets from the overall mean in
+  that basis [K, D]) of the train split, pixels in [-1, 1]."""
+  split = data.load_split(config.data, "train")
+  x = split.images.reshape(len(split.images), -1).astype(np.float64) / 127.5 - 1.0
+  y = np.asarray(split.labels)
+  means = np.stack([x[y == c].mean(axis=0) for c in range(config.data.num_classes)])
+  centred = x - means[y]
+  eigval, eigvec = np.linalg.eigh(centred.T @ centred / len(x))
+  return np.sqrt(np.maximum(eigval, 0.0)), (means - x.mean(axis=0)) @ eigvec
+
+
+def guided_error(schedule, stds, offsets, scale, interval, sampler, steps, spacing,
+                 onset=True) -> float:
+  """Frechet distance (averaged over classes) of one sampler's output from the exact
+  guided ODE's, the class Gaussians of class_statistics, CFG at `scale` in `interval`.
+  onset=False: DPM-Solver++ on the plain grid, without the first-order onset step."""
+  def run(sampler, steps, spacing, offset, onset):
+    sched = (sampling.step_schedule(schedule, steps, spacing=spacing, sampler=sampler,
+                                    guidance_scale=scale, guidance_interval=interval)
+             if onset else schedules.respace(schedule, steps, spacing))
+    g = guidance.guided_steps(sched.alpha_bars, interval)
+    means = [scale * offset if gi else offset for gi in g[::-1]]  # Unconditional mean 0.
+    if sampler == "ddim":
+      return ddim_affine(sched, stds, means)
+    first = np.zeros(g.shape, bool)
+    first[:-1] = onset & g[:-1] & ~g[1:]
+    return dpm_solver_affine(sched, stds, means, first)
+
+  total = 0.0
+  for offset in offsets:
+    q_ref, p_ref = run("ddim", schedule.num_steps, "uniform", offset, True)
+    q, p = run(sampler, steps, spacing, offset, onset)
+    total += np.sum((q - q_ref) ** 2) + np.sum((np.abs(p) - np.abs(p_ref)) ** 2)
+  return float(total / len(offsets))
 
 
 def frechet_error(schedule, stds, sampler: str, steps: int, spacing: str) -> float:
@@ -80,7 +128,9 @@ def model_errors(workdir: str, num_samples: int, batch_size: int, conditional: b
       continue
     opts = sampling.resolve_options(config, dict(extra, sampler=sampler, steps=steps,
                                                  spacing=spacing))
-    sched = schedules.respace(schedules.from_config(config.diffusion), steps, spacing)
+    sched = sampling.step_schedule(
+        schedules.from_config(config.diffusion), steps, spacing=spacing, sampler=sampler,
+        guidance_scale=opts["guidance_scale"], guidance_interval=opts["guidance_interval"])
     guided = guidance.guided_steps(sched.alpha_bars, opts["guidance_interval"])
     evals = steps + (int(np.sum(guided)) if opts["guidance_scale"] != 1 else 0)
     err = np.sqrt(np.mean((images(sampler=sampler, steps=steps, spacing=spacing) - ref) ** 2))
@@ -95,6 +145,8 @@ def main():
   p.add_argument("--num_samples", type=int, default=100)
   p.add_argument("--batch_size", type=int, default=100)
   p.add_argument("--conditional", action="store_true", help="guidance 1, not the run's")
+  p.add_argument("--guidance", default="1.5,3",
+                 help="CFG scales for the class-Gaussian table, in the config's interval; 0: none")
   args = p.parse_args()
   if args.num_samples < 1 or args.batch_size < 1:
     p.error("--num_samples and --batch_size must be >= 1.")
@@ -105,6 +157,12 @@ def main():
     steps_list = [int(s) for s in args.steps.split(",")]
   except ValueError:
     p.error(f"--steps: comma-separated step counts, got {args.steps!r}.")
+  try:
+    scales = [float(v) for v in args.guidance.split(",") if float(v) != 0]
+  except ValueError:
+    p.error(f"--guidance: comma-separated scales, got {args.guidance!r}.")
+  if any(not v > 0 for v in scales):
+    p.error(f"--guidance: scales must be > 0, got {args.guidance!r}.")
   from bench.quality import load_config
   for name in names:
     config = load_config(os.path.join(ROOT, CONFIGS[name]))
@@ -120,6 +178,21 @@ def main():
       for spacing in schedules.SPACINGS:
         errs = [frechet_error(schedule, stds, sampler, s, spacing) for s in steps_list]
         print(f"| {sampler} | {spacing} | " + " | ".join(f"{e:.4f}" for e in errs) + " |")
+    # The GPU configs' interval (the table's point is where guidance switches on).
+    interval = tuple(config.sampling.guidance_interval) or base.EDM2_INTERVAL
+    if scales:
+      within, offsets = class_statistics(config)
+    for scale in scales:
+      print(f"\n{name}, class Gaussians, guidance {scale:g} for σ in ({interval[0]:g}, "
+            f"{interval[1]:g}]: Frechet distance to the exact guided ODE's output:\n")
+      print("| sampler | spacing | " + " | ".join(f"{s} steps" for s in steps_list) + " |")
+      print("|---|---|" + "---|" * len(steps_list))
+      for label, sampler, onset in (("ddim", "ddim", True), ("dpmpp_2m", "dpmpp_2m", True),
+                                    ("dpmpp_2m (no onset step)", "dpmpp_2m", False)):
+        for spacing in schedules.SPACINGS:
+          errs = [guided_error(schedule, within, offsets, scale, interval, sampler, s, spacing,
+                               onset) for s in steps_list]
+          print(f"| {label} | {spacing} | " + " | ".join(f"{e:.4f}" for e in errs) + " |")
   if args.workdir:
     from jaxddpm import checkpoint
     config = checkpoint.load_config(args.workdir)

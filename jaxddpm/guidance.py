@@ -68,6 +68,18 @@ def guided_steps(alpha_bars, guidance_interval) -> np.ndarray:
   return (sigma > lo) & (sigma <= hi)
 
 
+def onset_timesteps(alpha_bars, guidance_interval) -> np.ndarray:
+  """Training timesteps t at which guidance switches on as the sampler steps down
+  from t to t - 1: t is guided and t + 1 is not. Int [0-1] (the top of the
+  interval, below T-1); empty without an interval or where it starts at T-1.
+  Here the prediction jumps by (s - 1)·(cond - uncond), which is large at high noise;
+  where guidance switches off, at low noise, the two predictions have nearly met.
+  Samplers that must not step across the jump step from t itself
+  (sampling.step_schedule)."""
+  g = guided_steps(alpha_bars, guidance_interval)
+  return np.flatnonzero(g[:-1] & ~g[1:])
+
+
 def make_denoisers(model, params) -> tuple[DenoiseFn, Callable | None]:
   """(denoise_fn, guided_fn) for `sample_loop` from a jaxddpm model and its params;
   guided_fn is None unless the model computes CFG itself (TemplateUNet: its encoder

@@ -158,8 +158,10 @@ def cosine(T: int, s: float = 0.008, max_beta: float = 0.999, *,
 # low-noise end, where fine texture is decided, to one or two big steps in λ; there
 # DPM-Solver++(2M) at 20 steps lost to DDIM-50 on the Fashion-MNIST GPU model. With
 # "logsnr" its error fell ~130x on Gaussian data with Fashion-MNIST's spectrum (exact
-# denoiser) and 3x on the Fashion-MNIST :cpu model unguided, but only 1.2x with
-# guidance in an interval (docs/RESULTS.md, "Timestep spacing"): hence not the default.
+# denoiser) and 3x on the Fashion-MNIST :cpu model unguided; with guidance in an
+# interval 1.2x, 1.7x since DPM-Solver++ steps from the guidance onset
+# (sampling.step_schedule; docs/RESULTS.md, "Timestep spacing" and "Where guidance
+# switches on"). Not the default: unmeasured on the GPU models.
 SPACINGS = ("uniform", "logsnr")
 # "logsnr" spreads λ from the cleanest timestep up to this noise level σ = sqrt((1-ᾱ)/ᾱ)
 # (EDM's σ_max, Karras et al. 2022), then steps once from T-1: the cosine schedule's
@@ -219,12 +221,42 @@ def check_spacing(spacing: str) -> None:
     raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {SPACINGS}.")
 
 
-def respace(schedule: Schedule, steps: int, spacing: str = "uniform") -> Schedule:
+def include_timesteps(kept, must, coord) -> np.ndarray:
+  """`kept` (increasing timesteps) with each timestep of `must` put in place of the
+  free kept one nearest it in `coord` (λ for logsnr, t for uniform): the count, the
+  order and both ends stay, so the grid changes by one point per timestep. A `must`
+  with no free point to take without breaking the order (fewer than 4 steps) is
+  left out.
+  """
+  kept = np.array(kept)
+  fixed = {0, len(kept) - 1}  # The clean end and x_T's timestep stay.
+  for b in must:
+    hit = np.flatnonzero(kept == b)
+    if hit.size:
+      fixed.add(int(hit[0]))
+      continue
+    free = np.array([j for j in range(len(kept)) if j not in fixed], int)
+    if not free.size:
+      continue
+    j = int(free[np.argmin(np.abs(coord[kept[free]] - coord[b]))])
+    moved = kept.copy()
+    moved[j] = b
+    # The nearest point overall keeps the order; a free one beyond a fixed one not.
+    if np.all(np.diff(moved) > 0):
+      kept = moved
+      fixed.add(j)
+  return kept
+
+
+def respace(schedule: Schedule, steps: int, spacing: str = "uniform",
+            keep=()) -> Schedule:
   """Improved-DDPM respacing: keep ᾱ at `steps` timesteps and re-derive β.
 
   β'_i = 1 - ᾱ[t_i] / ᾱ[t_{i-1}] so that the respaced chain has the same
   marginals q(x_t | x_0) at the kept timesteps. `spacing` picks the timesteps
-  (SPACINGS). Needs a concrete schedule.
+  (SPACINGS); each training timestep in `keep` then takes the place of the nearest
+  one (include_timesteps), for samplers that must step exactly there. Needs a
+  concrete schedule.
   """
   check_spacing(spacing)
   T = schedule.num_steps
@@ -232,9 +264,17 @@ def respace(schedule: Schedule, steps: int, spacing: str = "uniform") -> Schedul
     return schedule
   if not np.array_equal(np.asarray(schedule.timesteps), np.arange(T)):
     raise ValueError("respace() needs a schedule that has not been respaced already.")
+  if any(not 0 <= int(b) < T for b in keep):
+    raise ValueError(f"timesteps to keep must be in [0, T={T}), got {list(keep)}.")
   alpha_bars_T = np.asarray(schedule.alpha_bars, np.float64)
-  kept = (respace_timesteps(T, steps) if spacing == "uniform"
-          else logsnr_timesteps(alpha_bars_T, steps))
+  if spacing == "uniform":
+    kept, coord = respace_timesteps(T, steps), np.arange(T, dtype=np.float64)
+  else:
+    kept = logsnr_timesteps(alpha_bars_T, steps)
+    with np.errstate(divide="ignore"):  # λ = -inf at T-1 with zero terminal SNR.
+      coord = 0.5 * (np.log(alpha_bars_T) - np.log1p(-alpha_bars_T))
+  if len(keep):
+    kept = include_timesteps(kept, [int(b) for b in keep], coord)
   alpha_bars = alpha_bars_T[kept]
   prev = np.concatenate([[1.0], alpha_bars[:-1]])
   return from_betas(1.0 - alpha_bars / prev, timesteps=kept, num_train_timesteps=T)

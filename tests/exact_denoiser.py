@@ -85,17 +85,28 @@ def exact_sampler_moments(schedule, steps, sampler, eta, variance, mu, sigma,
 
 
 def exact_dpm_solver_moments(schedule, steps, mu, sigma, spacing="uniform"):
-  """Like exact_sampler_moments, for DPM-Solver++(2M). It is deterministic and
-  affine in x_T = ξ with the exact denoiser, so x and the remembered x̂_0 stay
-  of the form p·ξ + q; the output has mean q and std |p|."""
-  import numpy as np
-  from jaxddpm import sampling, schedules
+  """Like exact_sampler_moments, for DPM-Solver++(2M): (mean, std) of one pixel."""
+  from jaxddpm import schedules
   sched = schedules.respace(schedule, steps, spacing)
+  mean, p = dpm_solver_affine(sched, sigma, [mu] * sched.num_steps)
+  return mean, abs(p)
+
+
+def dpm_solver_affine(sched, sigma, step_means, first_order=None):
+  """DPM-Solver++(2M) on the respaced `sched` with the exact denoiser of
+  N(step_means[i], σ²) at step i (noisiest first; a per-step mean is CFG with
+  affine denoisers of one slope, guided at some steps only). The solver is then
+  deterministic and affine in x_T = ξ, so x and the remembered x̂_0 stay of the
+  form p·ξ + q; returns the output's (q, p): mean q, std |p|. `first_order` is
+  passed to sampling.dpm_solver_coefficients."""
+  import numpy as np
+  from jaxddpm import sampling
   ab = np.asarray(sched.alpha_bars, np.float64)
   c = {k: np.asarray(v, np.float64)
-       for k, v in sampling.dpm_solver_coefficients(sched.alpha_bars).items()}
+       for k, v in sampling.dpm_solver_coefficients(sched.alpha_bars, first_order).items()}
   p, q, p0, q0 = 1.0, 0.0, 0.0, 0.0
-  for i in range(len(ab) - 1, -1, -1):
+  for j, i in enumerate(range(len(ab) - 1, -1, -1)):
+    mu = np.asarray(step_means[j], np.float64)
     a = np.sqrt(ab[i])
     k = a * sigma**2 / (a * a * sigma**2 + 1.0 - ab[i])
     px0, qx0 = k * p, mu + k * (q - a * mu)  # x̂_0 = mu + k·(x - a·mu).
@@ -103,4 +114,21 @@ def exact_dpm_solver_moments(schedule, steps, mu, sigma, spacing="uniform"):
     qd = c["w_cur"][i] * qx0 + c["w_last"][i] * q0
     p, q = c["c_x"][i] * p + c["c_0"][i] * pd, c["c_x"][i] * q + c["c_0"][i] * qd
     p0, q0 = px0, qx0
-  return q, abs(p)
+  return q, p
+
+
+def ddim_affine(sched, sigma, step_means):
+  """dpm_solver_affine for DDIM (η = 0): (q, p) of the output q + p·ξ."""
+  import numpy as np
+  ab = np.asarray(sched.alpha_bars, np.float64)
+  ab_prev = np.asarray(sched.alpha_bars_prev, np.float64)
+  p, q = 1.0, 0.0
+  for j, i in enumerate(range(len(ab) - 1, -1, -1)):
+    mu = np.asarray(step_means[j], np.float64)
+    a, s = np.sqrt(ab[i]), np.sqrt(1.0 - ab[i])
+    k = a * sigma**2 / (a * a * sigma**2 + s * s)
+    px0, qx0 = k * p, mu + k * (q - a * mu)
+    pe, qe = (p - a * px0) / s, (q - a * qx0) / s
+    a_p, s_p = np.sqrt(ab_prev[i]), np.sqrt(1.0 - ab_prev[i])
+    p, q = a_p * px0 + s_p * pe, a_p * qx0 + s_p * qe
+  return q, p

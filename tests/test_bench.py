@@ -23,6 +23,8 @@ def _bench(script, *args):
     ("quality.py", ["--workdir", "nowhere"], "error: nowhere holds no checkpoint"),
     ("spacing.py", ["--datasets", "mnist,cifar"], "--datasets: choose from"),
     ("spacing.py", ["--steps", "20,x"], "--steps: comma-separated"),
+    ("spacing.py", ["--guidance", "1.5,x"], "--guidance: comma-separated"),
+    ("spacing.py", ["--guidance", "-1"], "--guidance: scales must be > 0"),
 ])
 def test_bad_options_are_one_line_errors(script, args, message):
   r = _bench(script, *args)

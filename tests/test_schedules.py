@@ -145,7 +145,34 @@ def test_logsnr_spacing_goes_to_T_minus_1_on_short_schedules():
   np.testing.assert_allclose(h, h.mean(), rtol=0.35)  # Integer timesteps: near even.
 
 
+@pytest.mark.parametrize("spacing", schedules.SPACINGS)
+@pytest.mark.parametrize("steps", [2, 4, 10, 50])
+def test_respace_keeps_given_timesteps(spacing, steps):
+  """Timesteps a sampler must step from (keep) take the place of the nearest free
+  point: same count, same ends, increasing, one point changed per kept timestep,
+  the marginals kept. With fewer than 4 steps there is no free point: unchanged."""
+  full = schedules.cosine(1000)
+  plain = np.asarray(schedules.respace(full, steps, spacing).timesteps)
+  lam = _logsnr(full.alpha_bars)
+  coord = lam if spacing == "logsnr" else np.arange(1000.0)
+  keep = [t for t in (166, 881) if t not in plain]
+  r = schedules.respace(full, steps, spacing, keep)
+  t = np.asarray(r.timesteps)
+  np.testing.assert_allclose(_f64(r.alpha_bars), _f64(full.alpha_bars)[t], rtol=1e-5)
+  if steps < 4:
+    np.testing.assert_array_equal(t, plain)
+    return
+  assert set(keep) <= set(t) and len(t) == steps and np.all(np.diff(t) > 0)
+  assert t[0] == plain[0] and t[-1] == plain[-1]
+  gone = sorted(set(plain) - set(t))
+  assert len(gone) == len(keep)
+  for b in keep:  # Each replaced the interior point nearest it in the spacing's coordinate.
+    interior = plain[1:-1]
+    assert interior[np.argmin(np.abs(coord[interior] - coord[b]))] in gone
+
+
 @pytest.mark.parametrize("call,match", [
+    (lambda: schedules.respace(schedules.linear(100), 10, "uniform", [100]), "keep"),
     (lambda: schedules.make("sigmoid", 100), "unknown schedule"),
     (lambda: schedules.respace(schedules.linear(100), 10, "karras"), "unknown timestep spacing"),
     (lambda: schedules.linear(1), "T"),
