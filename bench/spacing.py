@@ -1,6 +1,6 @@
 """How far each sampler's few steps are from the exact ODE, computed exactly.
 
-  python bench/spacing.py                      # MNIST and Fashion-MNIST, ~20 s
+  python bench/spacing.py                      # MNIST and Fashion-MNIST, ~30 s
   python bench/spacing.py --datasets fmnist --steps 20,50 --guidance 3
 
 Stand-in data: a Gaussian with the real train split's mean and covariance. Its
