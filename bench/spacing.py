@@ -20,7 +20,8 @@ CFG denoiser is linear too. Guidance only shifts means, and where it switches on
 prediction jumps. The table gives the Frechet distance, averaged over classes, to
 the exact guided ODE (DDIM with all T steps, the same interval), including
 DPM-Solver++ as it was before it stepped from the guidance onset
-(sampling.step_schedule): "dpmpp_2m (no onset step)".
+(sampling.step_schedule, with log-SNR steps at s >= 2): "dpmpp_2m (no onset
+step)"; the two rows agree where the onset step is not taken.
 
   python bench/spacing.py --workdir runs/fmnist_cpu --num_samples 100
 
@@ -74,8 +75,10 @@ def guided_error(schedule, stds, offsets, scale, interval, sampler, steps, spaci
                  onset=True) -> float:
   """Frechet distance (averaged over classes) of one sampler's output from the exact
   guided ODE's, the class Gaussians of class_statistics, CFG at `scale` in `interval`.
-  onset=False: DPM-Solver++ on the plain grid, without the first-order onset step."""
+  onset=False: DPM-Solver++ on the plain grid, without the first-order onset step
+  (which sample_loop takes with log-SNR steps at s >= 2 only)."""
   def run(sampler, steps, spacing, offset, onset):
+    onset = onset and sampling.takes_onset_step(sampler, spacing, scale, interval)
     sched = (sampling.step_schedule(schedule, steps, spacing=spacing, sampler=sampler,
                                     guidance_scale=scale, guidance_interval=interval)
              if onset else schedules.respace(schedule, steps, spacing))
