@@ -87,7 +87,7 @@ SWEEPS = {
     # log-SNR-even steps (its authors' choice), against its uniform steps (dpm_steps)
     # and DDIM's; DDIM-250 with uniform steps (converged_default) is the reference.
     # Then DPM-Solver++ 20 unguided, where log-SNR steps cut its step error 3x on the
-    # Fashion-MNIST :cpu model (1.7x with guidance in an interval and the onset step;
+    # Fashion-MNIST :cpu model (1.6x with guidance 3 in an interval and the onset step;
     # docs/RESULTS.md), then DPM-Solver++ 50, closer there than DDIM-100.
     "spacing": lambda c, guide: [
         dict(sampler=s, steps=n, spacing="logsnr")

@@ -57,7 +57,7 @@ def get_config(arg=None):
   sampling.steps = 50  # Denoising steps (respaced); 1..T. DDPM is best at T.
   # Which timesteps the steps visit: uniform (evenly spread) | logsnr (log-SNR evenly
   # spread: finer steps at low noise; 3x less step error for DPM-Solver++ 20 unguided,
-  # 1.7x with guidance in an interval: docs/RESULTS.md, "Where guidance switches on").
+  # 1.6x with guidance 3 in an interval: docs/RESULTS.md, "Where guidance switches on").
   sampling.spacing = "uniform"
   sampling.eta = 0.0  # DDIM noise: 0 deterministic, 1 ≈ DDPM.
   sampling.guidance_scale = 2.0  # CFG scale s: 0 uncond, 1 cond, >1 stronger; 1-5.

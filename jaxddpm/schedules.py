@@ -159,7 +159,7 @@ def cosine(T: int, s: float = 0.008, max_beta: float = 0.999, *,
 # DPM-Solver++(2M) at 20 steps lost to DDIM-50 on the Fashion-MNIST GPU model. With
 # "logsnr" its error fell ~130x on Gaussian data with Fashion-MNIST's spectrum (exact
 # denoiser) and 3x on the Fashion-MNIST :cpu model unguided; with guidance in an
-# interval 1.2x, 1.7x since DPM-Solver++ steps from the guidance onset
+# interval 1.2x, 1.6x at guidance 3 since DPM-Solver++ steps from the guidance onset
 # (sampling.step_schedule; docs/RESULTS.md, "Timestep spacing" and "Where guidance
 # switches on"). Not the default: unmeasured on the GPU models.
 SPACINGS = ("uniform", "logsnr")
