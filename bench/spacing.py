@@ -43,8 +43,8 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import numpy as np  # noqa: E402
 
-from exact_denoiser import (ddim_affine, dpm_solver_affine, exact_dpm_solver_moments,  # noqa: E402
-                            exact_sampler_moments)
+from exact_denoiser import (exact_dpm_solver_moments, exact_sampler_moments,  # noqa: E402
+                            interval_cfg_affine)
 from configs import base  # noqa: E402
 from jaxddpm import data, guidance, sampling, schedules  # noqa: E402
 
@@ -77,18 +77,9 @@ def guided_error(schedule, stds, offsets, scale, interval, sampler, steps, spaci
   guided ODE's, the class Gaussians of class_statistics, CFG at `scale` in `interval`.
   onset=False: DPM-Solver++ on the plain grid, without the first-order onset step
   (which sample_loop takes with log-SNR steps at s >= 2 only)."""
-  def run(sampler, steps, spacing, offset, onset):
-    onset = onset and sampling.takes_onset_step(sampler, spacing, scale, interval)
-    sched = (sampling.step_schedule(schedule, steps, spacing=spacing, sampler=sampler,
-                                    guidance_scale=scale, guidance_interval=interval)
-             if onset else schedules.respace(schedule, steps, spacing))
-    g = guidance.guided_steps(sched.alpha_bars, interval)
-    means = [scale * offset if gi else offset for gi in g[::-1]]  # Unconditional mean 0.
-    if sampler == "ddim":
-      return ddim_affine(sched, stds, means)
-    first = np.zeros(g.shape, bool)
-    first[:-1] = onset & g[:-1] & ~g[1:]
-    return dpm_solver_affine(sched, stds, means, first)
+  def run(sampler, steps, spacing, offset, onset):  # Unconditional mean 0.
+    return interval_cfg_affine(schedule, steps, spacing, sampler, stds, offset, 0.0, scale,
+                               interval, onset)
 
   total = 0.0
   for offset in offsets:

@@ -68,16 +68,21 @@ def guided_steps(alpha_bars, guidance_interval) -> np.ndarray:
   return (sigma > lo) & (sigma <= hi)
 
 
-def onset_timesteps(alpha_bars, guidance_interval) -> np.ndarray:
-  """Training timesteps t at which guidance switches on as the sampler steps down
-  from t to t - 1: t is guided and t + 1 is not. Int [0-1] (the top of the
-  interval, below T-1); empty without an interval or where it starts at T-1.
-  Here the prediction jumps by (s - 1)·(cond - uncond), which is large at high noise;
-  where guidance switches off, at low noise, the two predictions have nearly met.
-  Samplers that must not step across the jump step from t itself
-  (sampling.step_schedule)."""
+def onset_steps(alpha_bars, guidance_interval) -> np.ndarray:
+  """bool [S]: steps where guidance switches on as the sampler steps down: step i is
+  guided and step i + 1 (the noisier one before it) is not. None without an
+  interval or where guidance starts at the first step. Here the prediction jumps
+  by (s - 1)·(cond - uncond), which is large at high noise; where guidance switches
+  off, at low noise, the two predictions have nearly met."""
   g = guided_steps(alpha_bars, guidance_interval)
-  return np.flatnonzero(g[:-1] & ~g[1:])
+  return np.concatenate([g[:-1] & ~g[1:], [False]])
+
+
+def onset_timesteps(alpha_bars, guidance_interval) -> np.ndarray:
+  """Training timesteps (alpha_bars of the full schedule) where guidance switches on
+  (onset_steps): int [0-1], the top of the interval below T-1. Samplers that must
+  not step across the jump step from there (sampling.step_schedule)."""
+  return np.flatnonzero(onset_steps(alpha_bars, guidance_interval))
 
 
 def make_denoisers(model, params) -> tuple[DenoiseFn, Callable | None]:

@@ -22,7 +22,8 @@ from flax import errors as flax_errors
 from jaxddpm import diffusion, parallel, xla
 from jaxddpm import schedules as schedules_lib
 from jaxddpm.guidance import (DenoiseFn, guided_prediction, guided_steps, load_guide,
-                              make_denoisers, make_guide_fn, onset_timesteps)
+                              make_denoisers, make_guide_fn, onset_steps,
+                              onset_timesteps)
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 VARIANCES = ("small", "large")
@@ -195,12 +196,13 @@ def sample_loop(
 
   needs_noise = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
   guided = guided_steps(sched.alpha_bars, guidance_interval)
-  onsets = np.zeros(guided.shape, bool)  # Step i guided, step i+1 (noisier) not.
-  if takes_onset_step(sampler, spacing, guidance_scale, guidance_interval):
-    onsets[:-1] = guided[:-1] & ~guided[1:]
-  dpm = ({k: jnp.asarray(v)
-          for k, v in dpm_solver_coefficients(sched.alpha_bars, onsets).items()}
-         if sampler == "dpmpp_2m" else None)
+  dpm = None
+  if sampler == "dpmpp_2m":
+    first_order = (onset_steps(sched.alpha_bars, guidance_interval)
+                   if takes_onset_step(sampler, spacing, guidance_scale, guidance_interval)
+                   else None)
+    dpm = {k: jnp.asarray(v)
+           for k, v in dpm_solver_coefficients(sched.alpha_bars, first_order).items()}
 
   def predict(x_t, t_B, i):
     # float32 both: the branches of a lax.cond must agree (bf16 models, traced s).

@@ -132,3 +132,22 @@ def ddim_affine(sched, sigma, step_means):
     a_p, s_p = np.sqrt(ab_prev[i]), np.sqrt(1.0 - ab_prev[i])
     p, q = a_p * px0 + s_p * pe, a_p * qx0 + s_p * qe
   return q, p
+
+
+def interval_cfg_affine(schedule, steps, spacing, sampler, sigma, mu_c, mu_u, scale, interval,
+                        onset=True):
+  """(q, p) of DDIM (η = 0) or DPM-Solver++(2M) with CFG at `scale` for σ in
+  `interval` on the affine denoisers of N(mu_c, σ²) and N(mu_u, σ²): guided steps
+  see the exact denoiser of N(mu_u + s(mu_c - mu_u), σ²). On sample_loop's grid with
+  its onset step (sampling.step_schedule); onset=False: plain respacing without it."""
+  from jaxddpm import guidance, sampling, schedules
+  onset = onset and sampling.takes_onset_step(sampler, spacing, scale, interval)
+  sched = (sampling.step_schedule(schedule, steps, spacing=spacing, sampler=sampler,
+                                  guidance_scale=scale, guidance_interval=interval)
+           if onset else schedules.respace(schedule, steps, spacing))
+  g = guidance.guided_steps(sched.alpha_bars, interval)
+  means = [mu_u + scale * (mu_c - mu_u) if gi else mu_c for gi in g[::-1]]
+  if sampler == "ddim":
+    return ddim_affine(sched, sigma, means)
+  first = guidance.onset_steps(sched.alpha_bars, interval) if onset else None
+  return dpm_solver_affine(sched, sigma, means, first)

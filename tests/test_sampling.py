@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from exact_denoiser import (dpm_solver_affine, exact_dpm_solver_moments, exact_sampler_moments,
-                            gaussian_denoiser)
+from exact_denoiser import (exact_dpm_solver_moments, exact_sampler_moments, gaussian_denoiser,
+                            interval_cfg_affine)
 from jaxddpm import guidance, sampling, schedules
 
 K, N, SIGMA = 4, 256, 0.15  # classes, samples per class, data std per pixel
@@ -520,31 +520,12 @@ def test_dpm_solver_with_guidance_moves_mean_as_closed_form():
   assert np.abs(z).max() < Z, z
 
 
-def _dpm_interval(schedule, steps, spacing, scale, interval, sigma, mu_c, mu_u, onset=True):
-  """(grid, mean q, slope p) of DPM-Solver++(2M) with CFG in `interval` on the
-  affine denoisers of N(mu_c, σ²) and N(mu_u, σ²), exactly: sample_loop's grid and
-  first-order onset step (onset=True, where takes_onset_step) or plain respacing
-  without them."""
-  onset = onset and sampling.takes_onset_step("dpmpp_2m", spacing, scale, interval)
-  if onset:
-    sched = sampling.step_schedule(schedule, steps, spacing=spacing, sampler="dpmpp_2m",
-                                   guidance_scale=scale, guidance_interval=interval)
-  else:
-    sched = schedules.respace(schedule, steps, spacing)
-  g = guidance.guided_steps(sched.alpha_bars, interval)
-  first = np.zeros(g.shape, bool)
-  first[:-1] = onset & g[:-1] & ~g[1:]
-  means = [mu_u + scale * (mu_c - mu_u) if gi else mu_c for gi in g[::-1]]
-  q, p = dpm_solver_affine(sched, sigma, means, first)
-  return sched, q, p
-
-
 def test_dpm_solver_steps_from_where_guidance_switches_on():
   """With guidance in an interval the guided prediction jumps where it switches on.
   DPM-Solver++ with log-SNR steps and s >= 2 then steps from exactly that timestep,
   at first order: the grid keeps its count and ends, gains the onset and loses its
   nearest point; DDIM, uniform steps and s < 2 keep the plain grid. sample_loop must
-  be that solver: each output equals the exact q + p·x_T of dpm_solver_affine for
+  be that solver: each output equals the exact q + p·x_T of interval_cfg_affine for
   its own x_T (no sampling error), and not the plain grid's answer."""
   schedule, interval, scale = SCHEDULES["cosine"], (0.28, 5.42), 3.0
   onset = guidance.onset_timesteps(schedule.alpha_bars, interval)
@@ -581,11 +562,11 @@ def test_dpm_solver_steps_from_where_guidance_switches_on():
     x = np.asarray(x, np.float64).reshape(K, 8, -1)
     onset_step = sampling.takes_onset_step("dpmpp_2m", spacing, s, interval)
     assert onset_step == (spacing == "logsnr" and s >= 2)
-    _, q, p = _dpm_interval(schedule, 20, spacing, s, interval, 1.0, mu_c, mu_u, onset_step)
+    q, p = interval_cfg_affine(schedule, 20, spacing, "dpmpp_2m", 1.0, mu_c, mu_u, s, interval)
     np.testing.assert_allclose(x, q[:, None] + p * x_T, atol=2e-4)
     if onset_step:
-      _, q_plain, p_plain = _dpm_interval(schedule, 20, spacing, s, interval, 1.0, mu_c,
-                                          mu_u, onset=False)
+      q_plain, p_plain = interval_cfg_affine(schedule, 20, spacing, "dpmpp_2m", 1.0, mu_c, mu_u,
+                                             s, interval, onset=False)
       assert np.abs(q_plain[:, None] + p_plain * x_T - x).max() > 20 * 2e-4
 
 
@@ -607,8 +588,9 @@ def test_dpm_solver_onset_step_cuts_its_error():
       guided_T = guidance.guided_steps(schedule.alpha_bars, interval)[::-1]
       exact = _interval_mean(schedule, 1000, scale, guided_T, mu_c, mu_u, sigma)
       for steps in (10, 20):
-        err = {onset: np.sqrt(np.mean((_dpm_interval(schedule, steps, "logsnr", scale, interval,
-                                                     sigma, mu_c, mu_u, onset)[1] - exact) ** 2))
+        err = {onset: np.sqrt(np.mean((interval_cfg_affine(
+                   schedule, steps, "logsnr", "dpmpp_2m", sigma, mu_c, mu_u, scale, interval,
+                   onset)[0] - exact) ** 2))
                for onset in (False, True)}
         bound = 0.5 if name == "cosine" else 1.0
         assert err[True] < bound * err[False], (name, scale, steps, err)
