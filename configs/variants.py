@@ -33,7 +33,7 @@ def apply(config, arg):
   elif arg == "smoke":
     config.model.update(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
                         attention_resolutions=(), num_heads=1, dropout=0.0)
-    config.data.update(max_train_examples=512, val_fraction=0.01)
+    config.data.update(max_train_examples=512, val_fraction=0.002)  # 1 validation batch.
     config.diffusion.num_timesteps = 100
     config.sampling.steps = 5
     config.train.update(batch_size=32, num_epochs=2, num_steps=0, steps_per_dispatch=1,

@@ -76,7 +76,7 @@ def test_conv_module_is_flax_conv():
 def test_scanned_train_step_uses_only_canonical_convolutions(tiny_config, name):
   """The regression this module exists for: XLA:CPU canonicalises convolutions
   only at top level, so a non-canonical gradient inside the train-step scan ran
-  on XLA's naive loop (~6x slower). Every convolution of a compiled two-step
+  on XLA's naive loop (~6x slower). Every convolution of a compiled four-step
   chunk must be NHWC x HWIO -> NHWC (`b01f_01io->b01f`)."""
   if jax.default_backend() != "cpu":
     pytest.skip("checks XLA:CPU's compiled program")
@@ -86,10 +86,12 @@ def test_scanned_train_step_uses_only_canonical_convolutions(tiny_config, name):
   tiny_config.data.image_size = size  # bottom, where XLA rewrites a conv covering it all.
   model, _, tx, step, _ = train.make_steps(tiny_config)
   state = train.create_train_state(train.init_params(model, tiny_config, jax.random.key(0)), tx)
-  images = jnp.zeros((8, size, size, 1), jnp.uint8)
-  labels = jnp.arange(8, dtype=jnp.int32) % 4
-  chunk = loop.make_chunk_fn(step, batch_size=4, steps=2)
-  hlo = chunk.lower(state, images, labels, jnp.arange(8), 0, jax.random.key(1),
+  # 20 images, 4 steps of 4: test_loop.py's chunk test runs this same program (unet),
+  # compiled once for both (the persistent cache).
+  images = jnp.zeros((20, size, size, 1), jnp.uint8)
+  labels = jnp.arange(20, dtype=jnp.int32) % 4
+  chunk = loop.make_chunk_fn(step, batch_size=4, steps=4)
+  hlo = chunk.lower(state, images, labels, jnp.arange(20), 0, jax.random.key(1),
                     2).compile().as_text()
   assert "while" in hlo  # The steps really are in a loop.
   labels_of_convs = re.findall(r"convolution\(.*dim_labels=([^,\s]+)", hlo)

@@ -64,8 +64,9 @@ def test_evaluate_input_errors(evaluator):
 
 def test_training_with_evaluation_keeps_the_best_frechet_checkpoint(smoke_config, tmp_path):
   with smoke_config.unlocked():
-    smoke_config.eval.update(every_epochs=1, num_samples=40, batch_size=20,
-                             cache_dir=str(tmp_path / "cache"))
+    # The classifier goes to the session's cache folder, where test_launch.py's
+    # `--mode=evaluate` finds it.
+    smoke_config.eval.update(every_epochs=1, num_samples=40, batch_size=20)
     smoke_config.train.num_epochs = 3
   workdir = str(tmp_path / "run")
   summary = loop.train_and_evaluate(smoke_config, workdir)

@@ -25,10 +25,9 @@ def _assert_same_params(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_sigkill_at_random_points_then_resume_equals_uninterrupted(smoke_config, real_data_dir,
-                                                                   tmp_path):
-  reference = str(tmp_path / "reference")
-  loop.train_and_evaluate(smoke_config, reference)
+def test_sigkill_at_random_points_then_resume_equals_uninterrupted(smoke_reference,
+                                                                   real_data_dir, tmp_path):
+  reference = smoke_reference[0]
   workdir = str(tmp_path / "killed")
   cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--config", "configs/mnist.py:smoke",
          "--workdir", workdir, "--quiet"]
@@ -94,13 +93,12 @@ def test_write_cut_short_leaves_the_previous_checkpoint_restorable(smoke_config,
   assert loop.train_and_evaluate(smoke_config, workdir)["step"] == 16  # Resumes from 8.
 
 
-def test_same_config_and_seed_give_identical_params_and_samples(smoke_config, tmp_path):
-  with smoke_config.unlocked():
-    smoke_config.train.num_steps = 6
-  a = loop.train_and_evaluate(smoke_config, str(tmp_path / "a"))
-  b = loop.train_and_evaluate(smoke_config, str(tmp_path / "b"))
-  _, pa = checkpoint.load_checkpoint(str(tmp_path / "a"), which="latest")
-  _, pb = checkpoint.load_checkpoint(str(tmp_path / "b"), which="latest")
+def test_same_config_and_seed_give_identical_params_and_samples(smoke_config, tmp_path,
+                                                              smoke_reference):
+  reference, want = smoke_reference  # The same config, trained earlier in this session.
+  got = loop.train_and_evaluate(smoke_config, str(tmp_path))
+  _, pa = checkpoint.load_checkpoint(reference, which="latest")
+  _, pb = checkpoint.load_checkpoint(str(tmp_path), which="latest")
   _assert_same_params(pa, pb)
   from jaxddpm import images
-  np.testing.assert_array_equal(images.read_png(a["samples"]), images.read_png(b["samples"]))
+  np.testing.assert_array_equal(images.read_png(want["samples"]), images.read_png(got["samples"]))

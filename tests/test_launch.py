@@ -77,9 +77,10 @@ def test_train_resume_sample_evaluate(real_data_dir, tmp_path):
     assert img.std() > 5, name
   assert os.path.getsize(os.path.join(workdir, "pictures", "reverse.gif")) > 1000
   assert os.path.isfile(os.path.join(workdir, "samples", "sample_ddim4_g2_seed1_diagnostics.png"))
-  # Evaluate: the :smoke config trains a tiny classifier into the cache first.
+  # Evaluate: the :smoke config's tiny classifier, from the session's cache folder
+  # (test_evaluate.py trained it there; trained here first when run alone).
   r = _launch("--mode=evaluate", "--workdir", workdir, "--num_samples=30", "--quiet",
-              data_dir=real_data_dir, cache_dir=cache)
+              data_dir=real_data_dir)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "conditional accuracy" in r.stderr and "eval.json" in r.stderr
   with open(os.path.join(workdir, "eval.json")) as f:

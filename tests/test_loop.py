@@ -19,18 +19,8 @@ def _leaves_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.fixture(scope="module")
-def full_run(real_data_dir, tmp_path_factory):
-  """An uninterrupted :smoke run (32 steps), for the resume tests to match."""
-  from configs import mnist
-  config = mnist.get_config("smoke")
-  config.data.dir = real_data_dir
-  workdir = str(tmp_path_factory.mktemp("full"))
-  return workdir, loop.train_and_evaluate(config, workdir)
-
-
-def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path, full_run):
-  full_dir, full = full_run
+def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path, smoke_reference):
+  full_dir, full = smoke_reference
   assert full["step"] == 32 and os.path.isfile(full["samples"])
   part = str(tmp_path / "part")
   with smoke_config.unlocked():
@@ -57,10 +47,11 @@ def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path, full_run):
       if "val_loss" in m]
 
 
-def test_ctrl_c_saves_the_last_finished_chunk(smoke_config, tmp_path, monkeypatch, full_run):
+def test_ctrl_c_saves_the_last_finished_chunk(smoke_config, tmp_path, monkeypatch,
+                                              smoke_reference):
   """KeyboardInterrupt while training keeps the work since the last checkpoint, except
   at an epoch end whose validation has not run; the rerun equals an uninterrupted run."""
-  _, want = checkpoint.load_checkpoint(full_run[0], which="latest", ema=False)
+  _, want = checkpoint.load_checkpoint(smoke_reference[0], which="latest", ema=False)
   write = progress.MetricsLog.write
   # Interrupts arrive where the loop blocks: fetching a chunk's metrics to log them.
   for stop_at, kept in ((12, 12), (16, 8)):  # Saves every 8 steps; 16 steps per epoch.
@@ -83,21 +74,23 @@ def test_ctrl_c_saves_the_last_finished_chunk(smoke_config, tmp_path, monkeypatc
     _leaves_equal(want, got)
 
 
-def test_steps_per_dispatch_does_not_change_training(smoke_config, tmp_path, monkeypatch):
+def test_steps_per_dispatch_does_not_change_training(smoke_config, tmp_path, monkeypatch,
+                                                    smoke_reference):
   """K is a speed knob only: 5 steps per call (16-step epochs: chunks of 5, 5, 5
-  and a masked 1-of-5) train exactly as 1 step per call, and log the same steps."""
-  runs, chunks = {}, []
+  and a masked 1-of-5) train exactly as 1 step per call (the reference run), and
+  log the same steps."""
+  chunks = []
   make_chunk_fn = loop.make_chunk_fn
   monkeypatch.setattr(loop, "make_chunk_fn", lambda *a, **kw: chunks.append(
       make_chunk_fn(*a, **kw)) or chunks[-1])
-  for k in (1, 5):
-    with smoke_config.unlocked():
-      smoke_config.train.steps_per_dispatch = k
-    workdir = str(tmp_path / f"k{k}")
-    assert loop.train_and_evaluate(smoke_config, workdir)["step"] == 32
-    # One compile for the whole run: the epoch end's eager updates leave the state
-    # placed as the chunk expects (they once cost a second compile, ~1 min on a GPU).
-    assert chunks[-1]._top._cache_size() == 1
+  with smoke_config.unlocked():
+    smoke_config.train.steps_per_dispatch = 5
+  assert loop.train_and_evaluate(smoke_config, str(tmp_path))["step"] == 32
+  # One compile for the whole run: the epoch end's eager updates leave the state
+  # placed as the chunk expects (they once cost a second compile, ~1 min on a GPU).
+  assert chunks[-1]._top._cache_size() == 1
+  runs = {}
+  for k, workdir in ((1, smoke_reference[0]), (5, str(tmp_path))):
     records = progress.read_metrics(os.path.join(workdir, "metrics.jsonl"))
     runs[k] = (checkpoint.load_checkpoint(workdir, which="latest", ema=False)[1],
                [(r["step"], r["val_loss"]) for r in records if "val_loss" in r])
@@ -268,9 +261,12 @@ def test_batch_not_divisible_by_device_count_is_a_clear_error(smoke_config, tmp_
   assert not (tmp_path / "run").exists()  # Refused before touching the workdir.
 
 
-def test_k_steps_per_dispatch_equal_k_single_steps(tiny_config):
-  """A chunk of 3 steps in one lax.scan, each gathering its batch by the epoch
-  permutation, is the same training as the 3 steps dispatched one by one."""
+def test_a_chunk_of_k_steps_is_k_single_steps_in_one_program(tiny_config):
+  """A chunk of 4 steps in one lax.scan, each gathering its batch by the epoch
+  permutation, is the same training as the steps dispatched one by one: 4 of 4
+  live, and 3 of 4 with the 4th masked (an epoch's short last chunk), which reads
+  past the permutation's end and is dropped. The number of live steps is traced:
+  both run one compiled program, which traced the step once (chex counts)."""
   model, _, tx, step, _ = train.make_steps(tiny_config)
   params = train.init_params(model, tiny_config, jax.random.key(0))
   fresh = lambda: train.create_train_state(jax.tree.map(jnp.copy, params), tx)
@@ -279,39 +275,20 @@ def test_k_steps_per_dispatch_equal_k_single_steps(tiny_config):
   labels = jnp.arange(20, dtype=jnp.int32) % 4
   perm = jax.random.permutation(jax.random.key(1), 20)
   key = jax.random.key(2)
-  state, losses = fresh(), []
-  for i in range(1, 4):  # Offset 1: the chunk starts at the epoch's second batch.
-    idx = perm[i * 4:(i + 1) * 4]
-    state, m = step(state, {"image": images[idx], "label": labels[idx]}, key)
-    losses.append(float(m["loss"]))
-  # 3 of 3 steps; and 3 of 4, the 4th masked (an epoch's short last chunk), which
-  # reads past the permutation's end (offset 4 of a 5-batch epoch) and is dropped.
-  for steps in (3, 4):
-    chunked, metrics = loop.make_chunk_fn(step, 4, steps=steps)(fresh(), images, labels,
-                                                                perm, 1, key, 3)
-    assert np.asarray(metrics["loss"]).shape == (steps,)
-    assert int(chunked.step) == int(state.step) == 3
-    np.testing.assert_allclose(np.asarray(metrics["loss"])[:3], losses, rtol=1e-5, atol=1e-6)
+  # The same program as test_conv.py's (shapes, K): one compile serves both.
+  chunk = loop.make_chunk_fn(chex.assert_max_traces(lambda *a: step(*a), n=1), 4, steps=4)
+  for offset, n in ((1, 4), (2, 3)):  # 5 batches an epoch: (2, 3) masks a 6th.
+    state, losses = fresh(), []
+    for i in range(offset, offset + n):
+      idx = perm[i * 4:(i + 1) * 4]
+      state, m = step(state, {"image": images[idx], "label": labels[idx]}, key)
+      losses.append(float(m["loss"]))
+    chunked, metrics = chunk(fresh(), images, labels, perm, offset, key, n)
+    assert np.asarray(metrics["loss"]).shape == (4,)
+    assert int(chunked.step) == int(state.step) == n
+    np.testing.assert_allclose(np.asarray(metrics["loss"])[:n], losses, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(state), strict=True):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-
-def test_one_chunk_program_for_every_chunk_length(tiny_config):
-  """The number of live steps is traced: full and short chunks share one compile."""
-  model, _, tx, step, _ = train.make_steps(tiny_config)
-  state = train.create_train_state(train.init_params(model, tiny_config, jax.random.key(0)), tx)
-  inner = step.__wrapped__  # The un-jitted step: each trace of the chunk traces it.
-
-  @chex.assert_max_traces(n=1)
-  def traced(state, batch, key):
-    return inner(state, batch, key)
-
-  chunk = loop.make_chunk_fn(traced, 4, steps=4)
-  images = jnp.zeros((20, 8, 8, 1), jnp.uint8)
-  labels, perm = jnp.arange(20) % 4, jnp.arange(20)
-  for offset, n in ((0, 4), (4, 1), (0, 2)):
-    state, _ = chunk(state, images, labels, perm, offset, jax.random.key(1), n)
-  assert int(state.step) == 7
 
 
 def test_chunks_stop_at_multiples_of_k_epoch_ends_and_the_end():
