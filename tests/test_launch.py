@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,54 +14,55 @@ from jaxddpm import images
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _launch(*args, data_dir, cache_dir=None):
-  env = dict(os.environ, JAXDDPM_DATA_DIR=data_dir)
-  if cache_dir:
-    env["JAXDDPM_CACHE_DIR"] = cache_dir
+def _launch(*args, data_dir, **env_vars):
+  env = dict(os.environ, JAXDDPM_DATA_DIR=data_dir, **env_vars)
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args],
                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
 def test_train_resume_sample_evaluate(real_data_dir, tmp_path):
-  workdir, cache = str(tmp_path / "run"), str(tmp_path / "cache")
+  # The session's jaxddpm cache folder (conftest.py): launches load the programs
+  # that earlier tests compiled there, or compile them there when run alone.
+  workdir, cache = str(tmp_path / "run"), os.environ["JAXDDPM_CACHE_DIR"]
   r = _launch("--config", "configs/mnist.py:smoke", "--workdir", workdir,
-              "--config.train.num_steps=20", data_dir=real_data_dir, cache_dir=cache)
+              "--config.train.num_steps=20", data_dir=real_data_dir)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "done at step 20" in r.stderr
   for name in ("config.json", "metrics.jsonl", "checkpoints"):
     assert os.path.exists(os.path.join(workdir, name))
-  # The compiled programs went to the persistent cache under the jaxddpm cache folder.
-  cached = os.listdir(os.path.join(cache, "xla"))
-  assert any(name.startswith("jit_chunk-") for name in cached), cached
   r = _launch("--config", "configs/mnist.py:smoke", "--workdir", workdir,
-              data_dir=real_data_dir, cache_dir=cache)
+              data_dir=real_data_dir, JAX_DEBUG_LOG_MODULES="jax._src.compiler")
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "done at step 32" in r.stderr  # Resumed from 20 (programs from the cache).
+  assert "done at step 32" in r.stderr  # Resumed from 20...
+  # ...with its train chunk from the persistent cache under the jaxddpm cache folder.
+  hit = re.search(r"Persistent compilation cache hit for 'jit_chunk' with key '([^']+)'",
+                  r.stderr)
+  assert hit, r.stderr[-3000:]
+  assert any(name.startswith(hit.group(1)) for name in os.listdir(os.path.join(cache, "xla")))
   r = _launch("--mode=sample", "--workdir", workdir, "--labels=3,1,4", "--steps=4",
-              "--guidance_scale=2", "--seed=1", data_dir=real_data_dir, cache_dir=cache)
+              "--guidance_scale=2", "--seed=1", data_dir=real_data_dir)
   assert r.returncode == 0, r.stderr[-3000:]
   # Guidance in an interval, over the config.json of a workdir (which stores a list),
   # and log-SNR-even steps.
   r = _launch("--mode=sample", "--workdir", workdir, "--labels=3", "--steps=4",
               "--guidance_scale=2", "--guidance_interval=0.5,20", "--spacing=logsnr",
-              "--seed=1", data_dir=real_data_dir, cache_dir=cache)
+              "--seed=1", data_dir=real_data_dir)
   assert r.returncode == 0, r.stderr[-3000:]
   assert os.path.isfile(os.path.join(workdir, "samples",
                                      "sample_ddim4_logsnr_g2_i0.5-20_seed1.png"))
   for flag, error in (("--guidance_interval=3,1", "error: guidance_interval must be"),
                       ("--spacing=karras", "error: unknown timestep spacing 'karras'")):
-    r = _launch("--mode=sample", "--workdir", workdir, flag, data_dir=real_data_dir,
-                cache_dir=cache)
+    r = _launch("--mode=sample", "--workdir", workdir, flag, data_dir=real_data_dir)
     assert r.returncode != 0 and error in r.stderr and "Traceback" not in r.stderr
   # Autoguidance (the run guiding itself here: any saved run of the same data and
   # diffusion settings will do), and a guide that is not a run.
   r = _launch("--mode=sample", "--workdir", workdir, "--labels=3", "--steps=4",
               "--guidance_scale=2", f"--guide_workdir={workdir}", "--seed=1",
-              data_dir=real_data_dir, cache_dir=cache)
+              data_dir=real_data_dir)
   assert r.returncode == 0, r.stderr[-3000:]
   assert os.path.isfile(os.path.join(workdir, "samples", "sample_ddim4_g2_ag-run_seed1.png"))
   r = _launch("--mode=sample", "--workdir", workdir, f"--guide_workdir={workdir}/nothing",
-              data_dir=real_data_dir, cache_dir=cache)
+              data_dir=real_data_dir)
   assert r.returncode != 0 and "error: sampling.guide_workdir=" in r.stderr
   assert "no config.json" in r.stderr and "Traceback" not in r.stderr
   out = os.path.join(workdir, "samples", "sample_ddim4_g2_seed1")
@@ -70,7 +72,7 @@ def test_train_resume_sample_evaluate(real_data_dir, tmp_path):
   assert npz["images"].shape == (3, 28, 28, 1) and npz["images"].dtype == np.uint8
   np.testing.assert_array_equal(npz["labels"], [3, 1, 4])
   r = _launch("--mode=pictures", "--workdir", workdir, "--labels=1,7", "--steps=4",
-              "--guidance_interval=0.5,20", data_dir=real_data_dir, cache_dir=cache)
+              "--guidance_interval=0.5,20", data_dir=real_data_dir)
   assert r.returncode == 0, r.stderr[-3000:]
   for name in ("forward.png", "reverse.png", "guidance.png", "curves.png"):
     img = images.read_png(os.path.join(workdir, "pictures", name))
