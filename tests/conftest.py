@@ -76,18 +76,19 @@ def smoke_reference(real_data_dir, tmp_path_factory):
   """One uninterrupted `:smoke` run (32 steps, 2 epochs) as (workdir, summary): the
   run that resumed, interrupted, killed, multi-host and K-steps-per-call runs must
   equal. Made once per session (each costs ~8 s on 2 cores); never write to it."""
-  from configs import mnist
-
   from jaxddpm import loop
-  config = mnist.get_config("smoke")
-  config.data.dir = real_data_dir
   workdir = str(tmp_path_factory.mktemp("smoke_reference"))
-  return workdir, loop.train_and_evaluate(config, workdir)
+  return workdir, loop.train_and_evaluate(_smoke(real_data_dir), workdir)
+
+
+def _smoke(data_dir):
+  """The `:smoke` config reading the real data in data_dir."""
+  from configs import mnist
+  c = mnist.get_config("smoke")
+  c.data.dir = data_dir
+  return c
 
 
 @pytest.fixture
 def smoke_config(real_data_dir):
-  from configs import mnist
-  c = mnist.get_config("smoke")
-  c.data.dir = real_data_dir
-  return c
+  return _smoke(real_data_dir)
