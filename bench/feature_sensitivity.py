@@ -122,12 +122,11 @@ def main(argv=None) -> None:
   ev = evaluate.make_evaluator(config.data, cache_dir=config.eval.cache_dir or None,
                                spec=evaluate.classifier_spec(config), k=config.eval.pr_k)
   n = a.num_images
-  if not 3 < n <= len(ev.train):
-    raise ValueError(f"--num_images must be in 4..{len(ev.train)}, got {n}.")
-  idx = np.sort(np.random.default_rng(ev.seed + 1).permutation(len(ev.train))[:n])
-  real, labels = ev.train.images[idx], ev.train.labels[idx]
+  if not 3 < n <= len(ev.held_out):
+    raise ValueError(f"--num_images must be in 4..{len(ev.held_out)}, got {n}.")
+  real, labels = ev.floor_images(n)
   rng = np.random.default_rng(a.seed)
-  print(f"{config.data.dataset}: {n} real train images, changed as named, against the "
+  print(f"{config.data.dataset}: {n} held-out real train images, changed as named, against the "
         f"real test split (classifier test accuracy {ev.classifier.get('test_accuracy')}).\n")
   print("| change | mean ink | cond. acc. | Frechet dist. | precision | recall |")
   print("| --- | --- | --- | --- | --- | --- |")

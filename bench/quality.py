@@ -8,7 +8,8 @@ Trains the config into --workdir first when it holds no checkpoint (and reports
 the training wall time), else reuses it. Each setting generates --num_samples
 images (classes cycled; 10,000 = 1,000 per class) from the same key and reports
 conditional accuracy, Frechet distance (evaluator-classifier features), precision
-and recall, beside the same metrics for as many real train images (the floor).
+and recall, beside the same metrics for as many held-out real train images (the
+floor; the evaluator classifier never saw them, as it never saw the samples).
 Prints a Markdown table; --json appends one JSON line per setting.
 """
 
@@ -173,8 +174,10 @@ def main():
 
   train_seconds = _train_if_needed(args.config, args.workdir)
   config, params = checkpoint.load_checkpoint(args.workdir, which=args.which)
+  spec = evaluate.classifier_spec(config)
+  evaluate.check_floor_size(args.num_samples, spec.holdout)  # Before a classifier trains.
   evaluator = evaluate.make_evaluator(config.data, cache_dir=config.eval.cache_dir or None,
-                                      spec=evaluate.classifier_spec(config),
+                                      spec=spec,
                                       k=config.eval.pr_k)
   n = args.num_samples
   floor = evaluator.floor(n)
@@ -188,7 +191,7 @@ def main():
             "| sample s (of which compile) |")
   print(header + "\n" + "|---" * 8 + "|")
   f = floor
-  print(f"| real train images (floor) | - | - | {f['conditional_accuracy']:.4f} | "
+  print(f"| held-out real train images (floor) | - | - | {f['conditional_accuracy']:.4f} | "
         f"{f['frechet_distance']:.3f} | {f['precision']:.3f} | {f['recall']:.3f} | - |",
         flush=True)
   for overrides in _settings(config, sweeps, args.guide_workdir):

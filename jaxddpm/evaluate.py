@@ -2,8 +2,9 @@
 
 All three are computed in the feature space of the dataset's evaluator classifier
 (`metrics/classifier.py`) against the real test split, and each comes with its
-*floor*: the same metric for N real train images in place of N samples. A model
-cannot beat the floor; a Frechet distance of 2x the floor is close to the data.
+*floor*: the same metric for N real train images in place of N samples, images
+held out of the classifier's training as samples are. A model cannot beat the
+floor; a Frechet distance of 2x the floor is close to the data.
 
     evaluator = make_evaluator(config)               # classifier + real references
     labels = evaluator.generation_labels(10_000)
@@ -35,7 +36,7 @@ class Evaluator:
   """A classifier and the real data it compares samples with."""
   apply: Callable  # uint8 [N,H,W,C] -> (features float64 [N,D], logits [N,K]).
   classifier: dict  # Its cache key, path and test accuracy.
-  train: data_lib.Split  # Real train images, for the floor.
+  held_out: data_lib.Split  # Real train images the classifier never saw: the floor's.
   test_stats: tuple  # (mean, covariance) of all test features.
   test_features: np.ndarray  # Test features in a fixed random order (precision / recall).
   test_labels: np.ndarray  # Their labels, in the same order.
@@ -73,21 +74,29 @@ class Evaluator:
     return self.test_labels[np.arange(n) % len(self.test_labels)]
 
   def floor(self, n: int) -> dict:
-    """The same metrics for n real train images (a fixed random subset): what a
-    perfect model would score with n samples. Conditional accuracy here is on
-    images the classifier was trained on; its test accuracy is in `classifier`."""
-    if n > len(self.train):
-      raise ValueError(f"the floor needs n <= {len(self.train)} train images, got {n}.")
-    idx = np.sort(np.random.default_rng(self.seed + 1).permutation(len(self.train))[:n])
-    return self.evaluate(self.train.images[idx], self.train.labels[idx])
+    """The same metrics for n held-out real train images (a fixed random subset):
+    what a model that samples the data distribution exactly would score with n
+    samples, its accuracy included (the classifier never saw them either)."""
+    return self.evaluate(*self.floor_images(n))
+
+  def floor_images(self, n: int):
+    """(uint8 images, labels) of the floor: n of the held-out images, a fixed subset."""
+    check_floor_size(n, len(self.held_out))
+    idx = np.sort(np.random.default_rng(self.seed + 1).permutation(len(self.held_out))[:n])
+    return self.held_out.images[idx], self.held_out.labels[idx]
+
+
+def check_floor_size(n: int, holdout: int):
+  """The floor scores as many held-out real images as there are samples."""
+  if n > holdout:
+    raise ValueError(f"the floor needs as many held-out real train images as samples: "
+                     f"at most {holdout} (the evaluator classifier's holdout), got {n}. "
+                     "Evaluate fewer samples.")
 
 
 def classifier_spec(config) -> classifier_lib.Spec:
   """The dataset's classifier recipe, with config.eval's test-size overrides."""
-  spec = classifier_lib.SPECS.get(config.data.dataset)
-  if spec is None:
-    raise ValueError(f"no evaluator classifier for dataset {config.data.dataset!r}; "
-                     f"known: {sorted(classifier_lib.SPECS)}.")
+  spec = classifier_lib.default_spec(config.data.dataset)
   e = config.eval
   if e.classifier_epochs:
     spec = dataclasses.replace(spec, epochs=e.classifier_epochs)
@@ -99,12 +108,14 @@ def classifier_spec(config) -> classifier_lib.Spec:
 def make_evaluator(data_config, *, cache_dir: str | None = None, spec=None, k: int = 3,
                    quiet: bool = False) -> Evaluator:
   """Loads the real data and the dataset's classifier (training and caching it once)."""
+  spec = spec or classifier_lib.default_spec(data_config.dataset)
   splits = classifier_lib.train_test_splits(data_config)
   apply, meta = classifier_lib.load_or_train(data_config, spec=spec, cache_dir=cache_dir,
                                              splits=splits, quiet=quiet)
   test_features, _ = apply(splits["test"].images)
   order = np.random.default_rng(0).permutation(len(test_features))
-  return Evaluator(apply=apply, classifier=meta, train=splits["train"],
+  return Evaluator(apply=apply, classifier=meta,
+                   held_out=classifier_lib.split_holdout(splits["train"], spec)[1],
                    test_stats=frechet.gaussian_stats(test_features),
                    test_features=test_features[order], test_labels=splits["test"].labels[order],
                    k=k)
@@ -150,11 +161,13 @@ def evaluate_checkpoint(workdir: str, *, num_samples: int | None = None, which: 
   if n <= k:
     raise ValueError(f"num_samples must be more than eval.pr_k={k} (precision and recall "
                      f"look at each image's {k} nearest neighbours), got {n}.")
+  spec = classifier_spec(config)
+  check_floor_size(n, len(evaluator.held_out) if evaluator is not None else spec.holdout)
   # Bad sampling options fail here, before a classifier that is not cached yet trains.
   sample = sampling.make_sampler(config, with_stats=True, **sampling_overrides)
   if evaluator is None:
     evaluator = make_evaluator(config.data, cache_dir=cache_dir or config.eval.cache_dir or None,
-                               spec=classifier_spec(config), k=k, quiet=quiet)
+                               spec=spec, k=k, quiet=quiet)
   labels = evaluator.generation_labels(n)
   t0 = time.perf_counter()
   imgs = generate(sample, params, labels, jax.random.key(seed),

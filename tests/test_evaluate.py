@@ -27,17 +27,18 @@ def test_real_images_reproduce_the_floor(evaluator):
   n = 500
   floor = evaluator.floor(n)
   assert floor["num_images"] == n and floor["conditional_accuracy"] > 0.75
-  # Other real images than the floor's: the same metrics, up to sampling noise.
+  # Other held-out images than the floor's: the same metrics, up to sampling noise.
   rng = np.random.default_rng(7)
-  idx = rng.choice(len(evaluator.train), n, replace=False)
-  real = evaluator.evaluate(evaluator.train.images[idx], evaluator.train.labels[idx])
+  held = evaluator.held_out
+  idx = rng.choice(len(held), n, replace=False)
+  real = evaluator.evaluate(held.images[idx], held.labels[idx])
   assert 0.5 * floor["frechet_distance"] < real["frechet_distance"] < 2 * floor["frechet_distance"]
   assert abs(real["conditional_accuracy"] - floor["conditional_accuracy"]) < 0.06
   for k in ("precision", "recall"):
     assert abs(real[k] - floor[k]) < 0.1 and real[k] > 0.5
   # Float images in [-1, 1] are quantised exactly as uint8 PNGs would be.
-  as_float = evaluator.train.images[idx].astype(np.float32) / 127.5 - 1.0
-  again = evaluator.evaluate(as_float, evaluator.train.labels[idx])
+  as_float = held.images[idx].astype(np.float32) / 127.5 - 1.0
+  again = evaluator.evaluate(as_float, held.labels[idx])
   assert again == real
 
 
@@ -49,7 +50,8 @@ def test_noise_and_wrong_labels_are_far_from_the_floor(evaluator):
   assert bad["frechet_distance"] > 10 * floor["frechet_distance"]
   assert bad["precision"] < 0.1
   idx = np.arange(n)
-  shifted = evaluator.evaluate(evaluator.train.images[idx], (evaluator.train.labels[idx] + 1) % 10)
+  held = evaluator.held_out
+  shifted = evaluator.evaluate(held.images[idx], (held.labels[idx] + 1) % 10)
   assert shifted["conditional_accuracy"] < 0.2  # Right images, wrong labels.
 
 
@@ -91,4 +93,6 @@ def test_training_with_evaluation_keeps_the_best_frechet_checkpoint(smoke_config
   with pytest.raises(ValueError, match="steps must be"):
     evaluate.evaluate_checkpoint(workdir, num_samples=40, cache_dir=str(fresh_cache),
                                  steps=10**6)
+  with pytest.raises(ValueError, match="at most 10000 .*holdout.*got 10001"):
+    evaluate.evaluate_checkpoint(workdir, num_samples=10_001, cache_dir=str(fresh_cache))
   assert not fresh_cache.exists() or not any(fresh_cache.iterdir())

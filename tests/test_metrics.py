@@ -113,15 +113,44 @@ def test_classifier_training_is_deterministic_and_learns(mnist_splits):
   assert classifier.accuracy(apply, small) > 0.75  # 2,048 images, 3 epochs, 8/16 channels.
 
 
-def test_classifier_cache_round_trip_and_damage(mnist_splits, tmp_path):
+def _row_set(split):
+  return {img.tobytes() + bytes([int(lab)]) for img, lab in zip(split.images, split.labels)}
+
+
+def test_the_holdout_is_a_fixed_partition_of_the_train_split(mnist_splits):
+  _, splits = mnist_splits
+  train = splits["train"]
+  fit, held = classifier.split_holdout(train, TINY)
+  assert len(held) == TINY.holdout and len(fit) + len(held) == len(train)
+  assert _row_set(fit) | _row_set(held) == _row_set(train)
+  assert not _row_set(fit) & _row_set(held)
+  again = classifier.split_holdout(train, TINY)[1]
+  np.testing.assert_array_equal(again.images, held.images)
+  other = classifier.split_holdout(train, dataclasses.replace(TINY, seed=1))[1]
+  assert not np.array_equal(other.labels, held.labels)
+  for bad in (0, len(train)):
+    with pytest.raises(ValueError, match="holdout must be in 1..59999"):
+      classifier.split_holdout(train, dataclasses.replace(TINY, holdout=bad))
+
+
+def test_classifier_cache_round_trip_and_damage(mnist_splits, tmp_path, monkeypatch):
   d, splits = mnist_splits
+  trained_on = []
+  real_train = classifier.train
+  monkeypatch.setattr(classifier, "train",
+                      lambda split, spec, **kw: trained_on.append(split) or real_train(
+                          split, spec, **kw))
   apply1, meta1 = classifier.load_or_train(d, spec=TINY, cache_dir=str(tmp_path),
                                            splits=splits, quiet=True)
+  # Trained without the holdout: the floor's images are as new to it as samples.
+  [fit] = trained_on
+  np.testing.assert_array_equal(fit.images,
+                                classifier.split_holdout(splits["train"], TINY)[0].images)
   assert os.path.isfile(os.path.join(meta1["path"], "meta.json"))
   assert 0.75 < meta1["test_accuracy"] <= 1.0
   # Second call: loaded, not retrained (no data needed), same features.
   apply2, meta2 = classifier.load_or_train(d, spec=TINY, cache_dir=str(tmp_path), quiet=True)
-  assert meta2["test_accuracy"] == meta1["test_accuracy"]
+  assert meta2["test_accuracy"] == meta1["test_accuracy"] and len(trained_on) == 1
   x = splits["test"].images[:64]
   np.testing.assert_array_equal(apply1(x)[0], apply2(x)[0])
   # Another recipe gets another cache entry.

@@ -46,14 +46,21 @@ class Spec:
   shift: int = 2  # Random translation by up to this many pixels (augmentation).
   hflip: bool = False  # Random horizontal flips (clothes, objects, faces; not digits).
   max_train_examples: int = 0  # Train on the first N only (tests); 0 = all.
+  # Train images the classifier never sees, drawn at random once per seed: the
+  # evaluator's floor. Samples are new images too, so the floor must be unseen
+  # images: a classifier is more accurate on the images it trained on (Fashion-
+  # MNIST's: 95.6% on 10,000 of them, 93.4% on 10,000 held out and on the test split).
+  holdout: int = 10_000
   seed: int = 0
 
 
-# What reaches >= 99.0% on MNIST and >= 91% on Fashion-MNIST on a 2-core CPU in
+# What reaches >= 99.0% on MNIST and >= 93% on Fashion-MNIST on a 2-core CPU in
 # minutes (measured: docs/RESULTS.md); CIFAR-10 and CelebA are sized for a GPU.
+# Fashion-MNIST has two convs per level: with one (92.0%) a sample set that
+# matched the data exactly would score under the quality issue's 93% target.
 SPECS = {
     "mnist": Spec(epochs=4),
-    "fashion_mnist": Spec(epochs=12, hflip=True),
+    "fashion_mnist": Spec(epochs=15, convs_per_level=2, hflip=True),
     "cifar10": Spec(widths=(64, 128, 256), convs_per_level=2, feature_dim=256, epochs=40,
                     hflip=True, shift=4),
     "celeb_a": Spec(widths=(32, 64, 128, 256), convs_per_level=2, feature_dim=256, epochs=5,
@@ -79,6 +86,12 @@ class Classifier(nn.Module):
     features = nn.relu(nn.Dense(self.spec.feature_dim)(x))
     h = nn.Dropout(self.spec.dropout, deterministic=not train)(features)
     return features, nn.Dense(self.num_outputs)(h)
+
+
+def default_spec(dataset: str) -> Spec:
+  if dataset not in SPECS:
+    raise ValueError(f"no evaluator classifier for dataset {dataset!r}; known: {sorted(SPECS)}.")
+  return SPECS[dataset]
 
 
 def default_cache_dir() -> str:
@@ -123,8 +136,9 @@ def _augment(images, key, spec: Spec):
 
 
 def train(train_split: data_lib.Split, spec: Spec, *, quiet: bool = True):
-  """Trains a classifier; deterministic for a spec (same params bit for bit on the
-  same hardware). Returns (model, params)."""
+  """Trains a classifier on all of `train_split` (`load_or_train` passes it the
+  split less the holdout); deterministic for a spec (same params bit for bit on
+  the same hardware). Returns (model, params)."""
   if spec.max_train_examples:
     train_split = data_lib.Split(train_split.images[:spec.max_train_examples],
                                  train_split.labels[:spec.max_train_examples])
@@ -209,10 +223,7 @@ def load_or_train(data_config, *, spec: Spec | None = None, cache_dir: str | Non
     "test_accuracy", "key", "path", "train_seconds".
   """
   dataset = data_config.dataset
-  if spec is None:
-    if dataset not in SPECS:
-      raise ValueError(f"no evaluator classifier for dataset {dataset!r}; known: {sorted(SPECS)}.")
-    spec = SPECS[dataset]
+  spec = spec or default_spec(dataset)
   key = cache_key(dataset, data_config.image_size, spec)
   folder = os.path.join(cache_dir or default_cache_dir(), "classifiers", key)
   params_path, meta_path = os.path.join(folder, "params.msgpack"), os.path.join(folder,
@@ -244,7 +255,7 @@ def load_or_train(data_config, *, spec: Spec | None = None, cache_dir: str | Non
     print(f"training the evaluator's {dataset} classifier (once; cached in {folder})",
           flush=True)
   t0 = time.perf_counter()
-  model, params = train(splits["train"], spec, quiet=quiet)
+  model, params = train(split_holdout(splits["train"], spec)[0], spec, quiet=quiet)
   apply = make_apply(model, params)
   meta = dict(dataset=dataset, image_size=data_config.image_size, version=VERSION,
               spec=dataclasses.asdict(spec), num_outputs=model.num_outputs,
@@ -265,4 +276,17 @@ def train_test_splits(data_config) -> dict:
   test = data_lib.fit_size(data_lib.load_split(data_config, "test"), data_config.dataset,
                            data_config.image_size)
   return {"train": train, "test": test}
+
+
+def split_holdout(train_split: data_lib.Split, spec: Spec):
+  """(fit, held_out): the classifier trains on `fit`; `held_out` (spec.holdout images,
+  a random subset fixed by spec.seed) is the floor's real images."""
+  n = len(train_split)
+  if not 0 < spec.holdout < n:
+    raise ValueError(f"the classifier's holdout must be in 1..{n - 1} of the {n} train "
+                     f"images, got {spec.holdout}.")
+  held = np.zeros(n, bool)
+  held[np.random.default_rng(spec.seed).permutation(n)[:spec.holdout]] = True
+  pick = lambda mask: data_lib.Split(train_split.images[mask], train_split.labels[mask])
+  return pick(~held), pick(held)
 
