@@ -14,7 +14,9 @@
 # DDIM-250's 3.57; then unguided, against the fifteenth session's 4.51 with uniform
 # steps and DDIM-250's 1.66; then 50 steps) beside DDIM-50 and DDIM-250, then DPM-Solver++ with
 # uniform steps if time is left (~30 s of set-up, then ~15-35 s per setting, ~70 s
-# for DDIM-250; a timeout keeps the settings done):
+# for DDIM-250; a timeout keeps the settings done). Those numbers are the first
+# evaluator's; since the eighteenth session the floor and the Fashion-MNIST
+# classifier are new, so compare only settings measured in the same call:
 #   STEPS=quality DATASETS=fmnist EPOCHS=25 TRAIN_TIMEOUT=320 QUALITY_TIMEOUT=260 \
 #     SWEEPS=default,spacing,converged_default,dpm_steps bash bench/gpu_check.sh
 # A warm machine keeps runs/ (git-ignored) between calls: within its idle window
@@ -66,8 +68,9 @@
 # ../shared/data/*), .whl/ (the ml_collections wheel, see the device README) and
 # .jcache/classifiers/ (a copy of ~/.cache/jaxddpm/classifiers after the evaluator
 # classifiers were trained on the CPU, e.g. by bench/quality.py: keyed by dataset
-# and recipe). With JAXDDPM_CACHE_DIR=$PWD/.jcache, this trains Fashion-MNIST's in
-# ~12 min on 2 cores (the smoke classifiers there do not count):
+# and recipe; since the eighteenth session's evaluator, fashion_mnist_28px_v1_f0bb101921
+# and mnist_28px_v1_e4858d1c0d). With JAXDDPM_CACHE_DIR=$PWD/.jcache, this trains
+# Fashion-MNIST's in ~19 min on 2 cores (the smoke classifiers there do not count):
 #   python -c "from configs import fmnist; from jaxddpm.metrics import classifier;
 #              classifier.load_or_train(fmnist.get_config().data)"
 # Results come back as $OUT/quality.tar (logs, metrics, grids, tables),
