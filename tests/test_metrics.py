@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from jaxddpm import evaluate
 from jaxddpm.metrics import classifier, frechet, manifold
 
 
@@ -151,6 +152,11 @@ def test_classifier_cache_round_trip_and_damage(mnist_splits, tmp_path, monkeypa
   # Second call: loaded, not retrained (no data needed), same features.
   apply2, meta2 = classifier.load_or_train(d, spec=TINY, cache_dir=str(tmp_path), quiet=True)
   assert meta2["test_accuracy"] == meta1["test_accuracy"] and len(trained_on) == 1
+  # The evaluator's floor draws from exactly the images the classifier never saw.
+  ev = evaluate.make_evaluator(d, spec=TINY, cache_dir=str(tmp_path), quiet=True)
+  np.testing.assert_array_equal(ev.held_out.images,
+                                classifier.split_holdout(splits["train"], TINY)[1].images)
+  assert len(trained_on) == 1
   x = splits["test"].images[:64]
   np.testing.assert_array_equal(apply1(x)[0], apply2(x)[0])
   # Another recipe gets another cache entry.
