@@ -16,7 +16,11 @@ samples 92.4% and 8.5 (floor 0.48). Default config on one H200 (bf16, all 30
 epochs, 5 minutes with in-training evaluation off), 10,000 samples: at its guidance
 (1.5 for sigma in (0.28, 5.42]) 94.4% accuracy and a Frechet distance of 5.5; with
 guidance 2 at every step 98.3% and 21.0; at guidance 1, 89.8% and 2.75, 1.95 with
-DDIM-100 (floor 0.51): docs/RESULTS.md, "One GPU".
+DDIM-100 (floor 0.51): docs/RESULTS.md, "One GPU". All these are the first
+evaluator's. The current one (since the eighteenth session: floor of held-out
+images, a stronger classifier) judges harder: the `:cpu` model at its guidance,
+2,000 samples, 92.6% and 19.5 (floor 1.79), where the first said 93.4% and 8.2
+(floor 1.09) of the same images; GPU models not yet measured with it.
 """
 
 from configs import base, variants

@@ -2,7 +2,7 @@
 
 Sample metrics (conditional accuracy, Frechet distance, precision / recall) are
 computed in the feature space of a classifier trained on the dataset's real train
-split: its penultimate layer. Inception features (FID) know nothing about 28x28
+split (less the images held out for the floor): its penultimate layer. Inception features (FID) know nothing about 28x28
 greyscale digits; a classifier of the data itself does.
 
 A trained classifier is cached under `cache_dir/classifiers/<key>/` with its test
