@@ -6,19 +6,15 @@
 #   STEPS=throughput bash bench/gpu_check.sh                         # ~4-5 min
 #   STEPS=checkpoint bash bench/gpu_check.sh                         # ~1 min
 #
-# Suggested first call of a session: Fashion-MNIST's default config again, 25 epochs
-# (the fifteenth session's 30 stopped at the 340-s limit after 27: ~130 s to the
-# first step there), then DPM-Solver++ with log-SNR-even steps and (since the
-# sixteenth session) its first-order step from the guidance onset (sweep `spacing`:
-# issue 4's DPM-Solver++ target, missed there with uniform steps, 7.27 against
-# DDIM-250's 3.57; then unguided, against the fifteenth session's 4.51 with uniform
-# steps and DDIM-250's 1.66; then 50 steps) beside DDIM-50 and DDIM-250, then DPM-Solver++ with
-# uniform steps if time is left (~30 s of set-up, then ~15-35 s per setting, ~70 s
-# for DDIM-250; a timeout keeps the settings done). Those numbers are the first
-# evaluator's; since the eighteenth session the floor and the Fashion-MNIST
-# classifier are new, so compare only settings measured in the same call:
-#   STEPS=quality DATASETS=fmnist EPOCHS=25 TRAIN_TIMEOUT=320 QUALITY_TIMEOUT=260 \
-#     SWEEPS=default,spacing,converged_default,dpm_steps bash bench/gpu_check.sh
+# The nineteenth session's call (515 s of a 652-s lease: all 30 epochs in 306 s,
+# ~90 s of it to the first step, then issue 4's GPU targets in the six settings of
+# sweep `targets`, ~200 s; a timeout keeps the settings done):
+#   STEPS=quality DATASETS=fmnist EPOCHS=30 TRAIN_TIMEOUT=320 QUALITY_TIMEOUT=240 \
+#     SWEEPS=targets bash bench/gpu_check.sh
+# Suggested next: the same for MNIST (DATASETS=mnist): its GPU config is measured
+# with the first evaluator only (since the eighteenth session the floor is held-out
+# images; compare only settings measured with the same evaluator), and with
+# DDIM-50 only. Train its classifier here first (~2.5-5 min on 2 cores, below).
 # A warm machine keeps runs/ (git-ignored) between calls: within its idle window
 # (status: idle_release_s) a second call can evaluate more settings of the same
 # model without training it again, e.g.
@@ -70,7 +66,8 @@
 # classifiers were trained on the CPU, e.g. by bench/quality.py: keyed by dataset
 # and recipe; since the eighteenth session's evaluator, fashion_mnist_28px_v1_f0bb101921
 # and mnist_28px_v1_e4858d1c0d). With JAXDDPM_CACHE_DIR=$PWD/.jcache, this trains
-# Fashion-MNIST's in ~19 min on 2 cores (the smoke classifiers there do not count):
+# Fashion-MNIST's in ~19 min on 2 Intel Xeon cores, 44 on the AMD EPYC (the smoke
+# classifiers there do not count):
 #   python -c "from configs import fmnist; from jaxddpm.metrics import classifier;
 #              classifier.load_or_train(fmnist.get_config().data)"
 # Results come back as $OUT/quality.tar (logs, metrics, grids, tables),

@@ -51,3 +51,10 @@ def test_every_sweep_gives_valid_distinct_settings():
         # differ in their default interval, and a sweep must mean the same on each.
         for s in settings:
           assert "guidance_interval" in s or "guidance_scale" not in s, (name, s)
+          assert "spacing" in s or "sampler" not in s, (name, s)  # Likewise for steps.
+  # DDIM-250, the reference of the DPM-Solver++ target, is uniform on the config
+  # whose own default has log-SNR steps.
+  config = quality.load_config(os.path.join(ROOT, "configs", "fmnist.py"))
+  assert config.sampling.spacing == "logsnr"
+  ddim250 = [s for s in quality._settings(config, ["targets"]) if s.get("steps") == 250]
+  assert ddim250 and all(s["spacing"] == "uniform" for s in ddim250), ddim250

@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-from jaxddpm import models
+from jaxddpm import models, sampling
 
 
 @pytest.mark.parametrize("name", ["mnist", "fmnist", "cifar10", "celeba"])
@@ -14,6 +14,7 @@ def test_config_builds(name, variant):
   model = models.build_model(config)  # Raises on shapes the model cannot pool.
   assert model.num_classes == config.data.num_classes
   assert config.sampling.steps <= config.diffusion.num_timesteps
+  sampling.resolve_options(config, {})  # Raises on a sampler setting that cannot run.
 
 
 def test_unknown_variant():
