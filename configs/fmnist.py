@@ -33,8 +33,9 @@ def get_config(arg=None):
   config.data.dataset = "fashion_mnist"
   config = variants.apply(config, arg)
   # Guidance only in the EDM2 interval of noise levels, measured against guidance 2
-  # at every step (docs/RESULTS.md, 10,000 samples each): on the GPU model, 1.5 there
-  # keeps >= 93% accuracy (94.4%) at a quarter of the Frechet distance (5.5 vs 21.0);
+  # at every step (docs/RESULTS.md, 10,000 samples each, DDIM-50, the first
+  # evaluator): on the GPU model, 1.5 there keeps >= 93% accuracy (94.4%) at a
+  # quarter of the Frechet distance (5.5 vs 21.0);
   # on the :cpu model, 3 there is better on both counts (92.4% and 8.5 vs 91.6% and
   # 10.1) and 19% faster (steps outside the interval take one network pass).
   if not arg:
