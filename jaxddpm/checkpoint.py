@@ -134,7 +134,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise ValueError(f"no {CONFIG_FILE} in {workdir}: is it a jaxddpm workdir? "
                      "Train with `python launch.py --config ... --workdir DIR` first.")
-  defaults = _base_defaults()
+  defaults = base_defaults()
   return ml_collections.ConfigDict(_fill_defaults(_read_config_file(path, defaults), defaults))
 
 
@@ -169,7 +169,7 @@ def config_changes(workdir: str, config) -> dict[str, tuple]:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     return {}
-  saved = _flat(_read_config_file(path, _base_defaults()))
+  saved = _flat(_read_config_file(path, base_defaults()))
   new = _flat(json.loads(config.to_json_best_effort()))  # Tuples as lists, as saved.
   return {k: (v, new.get(k)) for k, v in saved.items() if new.get(k, v) != v}
 
@@ -189,7 +189,7 @@ BASE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
                            "configs", "base.py")
 
 
-def _base_defaults() -> dict:
+def base_defaults() -> dict:
   """configs/base.py's fields, for workdirs saved before a field existed. Loaded by
   its path, not as `configs.base`: a script run from a project with its own
   `configs` package (a common name) would import that one instead, and

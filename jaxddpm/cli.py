@@ -108,6 +108,15 @@ def check_mode_flags(mode: str, given) -> None:
                      f"({where}).{hint}")
 
 
+def _other_sections_hint(name: str) -> str:
+  """' (did you mean 'optim.lr'?)' when a section of configs/base.py, which every
+  config builds on, has a field `name`; '' otherwise."""
+  from jaxddpm import checkpoint  # Orbax: imported only on this error path.
+  places = [f"{section}.{name}" for section, fields in checkpoint.base_defaults().items()
+            if isinstance(fields, dict) and name in fields]
+  return f" (did you mean {' or '.join(map(repr, places))}?)" if places else ""
+
+
 CONFIGS_HINT = ("The configs are configs/{mnist,fmnist,cifar10,celeba}.py, each also as "
                 ":cpu and :smoke; configs/base.py lists and explains every field.")
 
@@ -134,8 +143,10 @@ def config_flag_error(error: BaseException, argv, config_file: str | None) -> st
       parts = path.split(".")
       if missing and missing.group(1) in parts:
         i = parts.index(missing.group(1))
-        hint = (f" (did you mean {'.'.join(parts[:i] + [guess.group(1)])!r}?)"
-                if guess else "")
+        if guess:
+          hint = f" (did you mean {'.'.join(parts[:i] + [guess.group(1)])!r}?)"
+        else:  # A field in the wrong section: --config.train.lr for optim.lr.
+          hint = _other_sections_hint(parts[i])
         return f"{arg}: the config has no field {'.'.join(parts[:i + 1])!r}{hint}. {CONFIGS_HINT}"
     return f"a --config.<field> override names no field: {text.strip()}. {CONFIGS_HINT}"
   # A config file's own exception arrives as a traceback inside the message: its

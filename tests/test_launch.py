@@ -138,6 +138,17 @@ def test_config_flag_errors_name_the_field():
   assert msg.startswith("--config.optimm.lr=2: the config has no field 'optimm' "
                         "(did you mean 'optim'?).")
   assert "configs/base.py" in msg
+  # A field named in the wrong section (the design card's --config.train.lr) points
+  # to the section that has it; ml_collections has no guess there.
+  with pytest.raises(AttributeError) as e:
+    config.train.lr
+  msg = cli.config_flag_error(e.value, ["launch.py", "--config.train.lr=2"], "c.py")
+  assert msg.startswith("--config.train.lr=2: the config has no field 'train.lr' "
+                        "(did you mean 'optim.lr'?)."), msg
+  with pytest.raises(AttributeError) as e:
+    config.train.nothing_like_it
+  msg = cli.config_flag_error(e.value, ["launch.py", "--config.train.nothing_like_it=2"], "c.py")
+  assert "'train.nothing_like_it'. The configs" in msg, msg
   msg = cli.config_flag_error(OSError("Failed loading config file\n  Attempted:\n    "
                                       "[Errno 2] No such file or directory: 'c.py'"),
                               ["launch.py"], "c.py")
