@@ -78,6 +78,7 @@ def guided_error(schedule, stds, offsets, scale, interval, sampler, steps, spaci
   onset=False: DPM-Solver++ on the plain grid, without the first-order onset step
   (which sample_loop takes with log-SNR steps at s >= 2 only)."""
   def run(sampler, steps, spacing, offset, onset):  # Unconditional mean 0.
+    onset = onset and sampling.takes_onset_step(sampler, spacing, scale, interval)
     return interval_cfg_affine(schedule, steps, spacing, sampler, stds, offset, 0.0, scale,
                                interval, onset)
 

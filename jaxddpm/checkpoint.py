@@ -70,11 +70,32 @@ class Checkpointer:
       raise self._write_error(step, e) from e
 
   def restore_latest(self, template):
-    """The newest train state shaped like `template`, or None if there is none."""
-    step = self.latest.latest_step()
-    if step is None:
-      return None
-    return _restore(self.latest, step, template, self.latest.directory)
+    """(state, damaged): the newest train state that restores, shaped like
+    `template` (None if there is no checkpoint), and the steps of newer ones that
+    did not. Why fall back: the last few states are kept for this; a newest one
+    damaged on disk (a failing disk, a copy cut short) would otherwise stop a run
+    that an older one can continue. The damaged ones are moved, not deleted, to
+    checkpoints/damaged/<step>, so a later save of that step is not skipped. If
+    none restores (another model's checkpoints, say), the newest one's error. Runs
+    on several hosts do not fall back: their folders must be moved in step."""
+    steps = sorted(self.latest.all_steps(), reverse=True)
+    failed = []
+    for step in steps:
+      try:
+        state = _restore(self.latest, step, template, self.latest.directory)
+      except ValueError as e:
+        if jax.process_count() > 1:
+          raise
+        failed.append((step, e))
+        continue
+      for bad, _ in failed:
+        _move_aside(self.workdir, bad)
+      if failed:
+        self.latest.reload()
+      return state, [bad for bad, _ in failed]
+    if failed:
+      raise failed[0][1]
+    return None, []
 
   def wait(self) -> None:
     """Blocks until pending writes are on disk (call before exiting or raising)."""
@@ -99,6 +120,17 @@ class Checkpointer:
     self.wait()
     self.latest.close()
     self.best.close()
+
+
+def _move_aside(workdir: str, step: int) -> str:
+  """Moves checkpoints/latest/<step> to checkpoints/damaged/<step>(-n)."""
+  target = os.path.join(os.path.abspath(workdir), "checkpoints", "damaged", str(step))
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  n, free = 1, target
+  while os.path.exists(free):
+    free, n = f"{target}-{n}", n + 1
+  os.replace(os.path.join(_dir(workdir, "latest"), str(step)), free)
+  return free
 
 
 def _restore(manager, step: int, template, where):

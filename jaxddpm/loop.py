@@ -163,10 +163,14 @@ def _train(config, workdir: str) -> dict:
                                      root_key)
   ckpt = checkpoint.Checkpointer(workdir, config.train.keep_checkpoints)
   # A resume restores into the state's shapes alone: no init program to compile.
-  state = ckpt.restore_latest(jax.eval_shape(fresh)) if resuming else None
+  state, damaged = ckpt.restore_latest(jax.eval_shape(fresh)) if resuming else (None, [])
   if state is None:
     state = fresh()
   lead = jax.process_index() == 0  # Multi-host: one host writes files; Orbax coordinates.
+  if damaged and lead:  # Said even when quiet: the run goes back to an older state.
+    print(f"warning: checkpoint(s) at step {', '.join(map(str, damaged))} did not restore "
+          f"(damaged) and were moved to {os.path.join(workdir, 'checkpoints', 'damaged')}; "
+          f"resuming from step {int(state.step)}.", file=sys.stderr)
   if lead:
     checkpoint.save_config(workdir, config)
   mesh = parallel.make_mesh()  # All devices: the batch is split, the state replicated.
@@ -185,7 +189,7 @@ def _train(config, workdir: str) -> dict:
   evaluator = _make_evaluator(config)
   log = progress.MetricsLog(os.path.join(workdir, "metrics.jsonl"), writer=lead)
   if resuming:
-    log.write(step=int(state.step), event="resume",
+    log.write(step=int(state.step), event="resume", damaged=damaged,
               changed={k: list(v) for k, v in sorted(changed.items())})
     if changed and lead:  # One line even when quiet: the run is no longer as first set.
       print(f"resuming at step {int(state.step)} with changed settings: " + "; ".join(

@@ -1,5 +1,9 @@
-"""Shared tiny configs. Tests run on the CPU with small shapes and fixed keys."""
+"""Shared fixtures. Tests run on the CPU with small shapes and fixed keys, in
+parallel workers (pytest-xdist, `-n` in pyproject.toml) that share one session
+folder: XLA's compilation cache and the artefacts made once per session."""
 
+import fcntl
+import json
 import os
 import shutil
 import sys
@@ -12,30 +16,67 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-_CACHE = pytest.StashKey[str]()
+import smoke  # noqa: E402
+
+# Set by the first pytest process of a session; its xdist workers inherit it.
+SESSION_ENV = "JAXDDPM_TEST_SESSION_DIR"
+REAL_DATA_HELP = ("set JAXDDPM_DATA_DIR to a folder holding mnist/ and fashion-mnist/ with "
+                  "their four IDX .gz files each (in this repository's checkout: "
+                  "JAXDDPM_DATA_DIR=../shared/data), or deselect the tests that read real "
+                  "data with -m 'not real_data'")
+_OWNED = pytest.StashKey[str]()
 
 
 def pytest_configure(config):
-  """A fresh jaxddpm cache folder for this session ($JAXDDPM_CACHE_DIR, inherited
-  by launch.py subprocesses), with XLA's persistent compilation cache in its xla/,
-  as launch.py keeps it. Why: many tests train the same `:smoke` config (resume,
-  K steps per call, faults, early stopping, ...), and each run compiled the same
-  train, validation and sampling programs again (~13 of a run's ~20 s on 2
-  cores); with the cache the later compiles of a program are loads (the suite:
-  13:44 -> ~9 min on 2 cores, docs/RESULTS.md "Test suite"). Fresh per session, so no entry outlives the code
-  that made it, and tests never write to the user's ~/.cache. Set before any
-  compile, as JAX requires."""
+  """One session folder for the controller and its workers: $JAXDDPM_CACHE_DIR
+  (inherited by launch.py subprocesses) with XLA's persistent compilation cache in
+  its xla/, as launch.py keeps it. Many tests compile the same programs (the
+  `:smoke` run's train chunk, validation and sampler); after the first compile the
+  others load them. Fresh per session, so no entry outlives the code that made it,
+  and tests never write to the user's ~/.cache. Set before any compile."""
   import jax
-  folder = tempfile.mkdtemp(prefix="jaxddpm-tests-cache-")
-  config.stash[_CACHE] = folder
+  config.addinivalue_line("markers", "real_data: reads the real MNIST / Fashion-MNIST "
+                                     "files ($JAXDDPM_DATA_DIR)")
+  folder = os.environ.get(SESSION_ENV)
+  if not folder:
+    folder = tempfile.mkdtemp(prefix="jaxddpm-tests-")
+    os.environ[SESSION_ENV] = folder
+    config.stash[_OWNED] = folder
   os.environ["JAXDDPM_CACHE_DIR"] = folder
   jax.config.update("jax_compilation_cache_dir", os.path.join(folder, "xla"))
 
 
 def pytest_unconfigure(config):
-  folder = config.stash.get(_CACHE, None)
+  folder = config.stash.get(_OWNED, None)
   if folder:
     shutil.rmtree(folder, ignore_errors=True)
+    os.environ.pop(SESSION_ENV, None)
+
+
+def pytest_collection_modifyitems(items):
+  """Tests that read the real data carry the `real_data` marker: the one explicit
+  way to leave them out (`-m 'not real_data'`). Without the data they fail."""
+  for item in items:
+    if "real_data_dir" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.real_data)
+
+
+def once(name: str, make):
+  """make(folder) -> JSON-able result, run once per session across all workers:
+  the first to ask makes it under a file lock in the session folder, the others
+  wait and read its result."""
+  folder = os.path.join(os.environ[SESSION_ENV], "once", name)
+  os.makedirs(os.path.dirname(folder), exist_ok=True)
+  done = folder + ".json"
+  with open(folder + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.isfile(done):
+      os.makedirs(folder, exist_ok=True)
+      result = make(folder)
+      with open(done, "w") as f:
+        json.dump(result, f)
+  with open(done) as f:
+    return json.load(f)
 
 
 @pytest.fixture
@@ -59,36 +100,37 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def real_data_dir():
-  """The folder with real MNIST / Fashion-MNIST IDX files. Under CI (CI set) a
-  missing folder fails the test instead of skipping it."""
+  """The folder with the real MNIST / Fashion-MNIST IDX files: $JAXDDPM_DATA_DIR,
+  else ../shared/data beside the checkout. Missing, the test fails and says how
+  to point at it; it is never skipped."""
   path = os.environ.get("JAXDDPM_DATA_DIR") or os.path.join(ROOT, "..", "shared", "data")
-  if not os.path.isfile(os.path.join(path, "mnist", "train-images-idx3-ubyte.gz")):
-    message = (f"real data not found in {path}: set JAXDDPM_DATA_DIR to a folder with "
-               "mnist/ and fashion-mnist/ IDX files")
-    if os.environ.get("CI"):
-      pytest.fail(message)
-    pytest.skip(message)
+  for sub, name in (("mnist", "train-images-idx3-ubyte.gz"),
+                    ("fashion-mnist", "t10k-labels-idx1-ubyte.gz")):
+    if not os.path.isfile(os.path.join(path, sub, name)):
+      pytest.fail(f"real data not found: no {sub}/{name} in {os.path.abspath(path)}; "
+                  f"{REAL_DATA_HELP}.", pytrace=False)
   return os.path.abspath(path)
 
 
 @pytest.fixture(scope="session")
-def smoke_reference(real_data_dir, tmp_path_factory):
+def small_data_dir(real_data_dir):
+  """A data folder with real MNIST at 8x8 (tests/smoke.py), made once per session."""
+  return once("small_mnist", lambda folder: smoke.write_small_mnist(real_data_dir, folder))
+
+
+@pytest.fixture(scope="session")
+def smoke_reference(small_data_dir):
   """One uninterrupted `:smoke` run (32 steps, 2 epochs) as (workdir, summary): the
   run that resumed, interrupted, killed, multi-host and K-steps-per-call runs must
-  equal. Made once per session (each costs ~8 s on 2 cores); never write to it."""
-  from jaxddpm import loop
-  workdir = str(tmp_path_factory.mktemp("smoke_reference"))
-  return workdir, loop.train_and_evaluate(_smoke(real_data_dir), workdir)
-
-
-def _smoke(data_dir):
-  """The `:smoke` config reading the real data in data_dir."""
-  from configs import mnist
-  c = mnist.get_config("smoke")
-  c.data.dir = data_dir
-  return c
+  equal. Made once per session, by whichever worker asks first; never write to it."""
+  def train(folder):
+    from jaxddpm import loop
+    summary = loop.train_and_evaluate(smoke.config(small_data_dir), folder)
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
+  workdir = os.path.join(os.environ[SESSION_ENV], "once", "smoke_reference")
+  return workdir, once("smoke_reference", train)
 
 
 @pytest.fixture
-def smoke_config(real_data_dir):
-  return _smoke(real_data_dir)
+def smoke_config(small_data_dir):
+  return smoke.config(small_data_dir)

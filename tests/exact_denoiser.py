@@ -88,66 +88,106 @@ def exact_dpm_solver_moments(schedule, steps, mu, sigma, spacing="uniform"):
   """Like exact_sampler_moments, for DPM-Solver++(2M): (mean, std) of one pixel."""
   from jaxddpm import schedules
   sched = schedules.respace(schedule, steps, spacing)
-  mean, p = dpm_solver_affine(sched, sigma, [mu] * sched.num_steps)
+  mean, p = dpm_solver_affine(sched.alpha_bars, sigma, [mu] * sched.num_steps)
   return mean, abs(p)
 
 
-def dpm_solver_affine(sched, sigma, step_means, first_order=None):
-  """DPM-Solver++(2M) on the respaced `sched` with the exact denoiser of
-  N(step_means[i], σ²) at step i (noisiest first; a per-step mean is CFG with
-  affine denoisers of one slope, guided at some steps only). The solver is then
-  deterministic and affine in x_T = ξ, so x and the remembered x̂_0 stay of the
-  form p·ξ + q; returns the output's (q, p): mean q, std |p|. `first_order` is
-  passed to sampling.dpm_solver_coefficients."""
+def dpm_solver_affine(alpha_bars, sigma, step_means, first_order=None):
+  """DPM-Solver++(2M) written out from Lu et al. 2022 (Alg. 2), with no code of
+  jaxddpm's: on the steps with `alpha_bars` (respaced ᾱ, cleanest first), with the
+  exact denoiser of N(step_means[j], σ²) at the j-th step from the noisiest (a
+  per-step mean is CFG with affine denoisers of one slope, guided at some steps).
+
+  With α = sqrt(ᾱ), s = sqrt(1 - ᾱ), λ = log(α/s) and h_j = λ_{j+1} - λ_j:
+    x_{j+1} = (s_{j+1}/s_j)·x_j - α_{j+1}(e^{-h_j} - 1)·D_j,
+    D_j = (1 + 1/(2r))·x̂0_j - 1/(2r)·x̂0_{j-1},  r = h_{j-1}/h_j,
+  and D_j = x̂0_j (first order) at the first step, at the last two (into the
+  smallest kept timestep, and from it to ᾱ = 1, where x = x̂0), and where
+  `first_order` (bool per respaced index, as sample_loop takes it) is set. The
+  solver is deterministic and affine in x_T = ξ, so x and x̂0 stay p·ξ + q;
+  returns the output's (q, p): mean q, std |p|."""
   import numpy as np
-  from jaxddpm import sampling
-  ab = np.asarray(sched.alpha_bars, np.float64)
-  c = {k: np.asarray(v, np.float64)
-       for k, v in sampling.dpm_solver_coefficients(sched.alpha_bars, first_order).items()}
-  p, q, p0, q0 = 1.0, 0.0, 0.0, 0.0
-  for j, i in enumerate(range(len(ab) - 1, -1, -1)):
+  ab = np.asarray(alpha_bars, np.float64)[::-1]  # Noisiest first.
+  S = len(ab)
+  first = set() if first_order is None else {
+      S - 1 - i for i in np.flatnonzero(np.asarray(first_order, bool))}
+  alpha, s = np.sqrt(ab), np.sqrt(1.0 - ab)
+  lam = np.log(alpha) - np.log(s)
+  p, q, prev, h_prev = 1.0, 0.0, None, None
+  for j in range(S):
     mu = np.asarray(step_means[j], np.float64)
-    a = np.sqrt(ab[i])
-    k = a * sigma**2 / (a * a * sigma**2 + 1.0 - ab[i])
-    px0, qx0 = k * p, mu + k * (q - a * mu)  # x̂_0 = mu + k·(x - a·mu).
-    pd = c["w_cur"][i] * px0 + c["w_last"][i] * p0
-    qd = c["w_cur"][i] * qx0 + c["w_last"][i] * q0
-    p, q = c["c_x"][i] * p + c["c_0"][i] * pd, c["c_x"][i] * q + c["c_0"][i] * qd
-    p0, q0 = px0, qx0
-  return q, p
+    k = alpha[j] * sigma**2 / (alpha[j] ** 2 * sigma**2 + s[j] ** 2)
+    x0 = (k * p, mu + k * (q - alpha[j] * mu))  # x̂0 = mu + k·(x - α·mu), as (p, q).
+    if j == S - 1:  # To ᾱ = 1: α = 1, s = 0, e^{-h} = 0.
+      return x0[1], x0[0]
+    h = lam[j + 1] - lam[j]
+    if prev is None or j >= S - 2 or j in first:
+      D = x0
+    else:
+      r = h_prev / h
+      D = tuple((1 + 1 / (2 * r)) * a - 1 / (2 * r) * b for a, b in zip(x0, prev))
+    c_x, c_0 = s[j + 1] / s[j], -alpha[j + 1] * np.expm1(-h)
+    p, q = c_x * p + c_0 * D[0], c_x * q + c_0 * D[1]
+    prev, h_prev = x0, h
 
 
-def ddim_affine(sched, sigma, step_means):
-  """dpm_solver_affine for DDIM (η = 0): (q, p) of the output q + p·ξ."""
+def ddim_affine(alpha_bars, sigma, step_means):
+  """dpm_solver_affine for DDIM (η = 0, Song et al. 2021, eq. 12): (q, p) of the
+  output q + p·ξ."""
   import numpy as np
-  ab = np.asarray(sched.alpha_bars, np.float64)
-  ab_prev = np.asarray(sched.alpha_bars_prev, np.float64)
+  ab = np.asarray(alpha_bars, np.float64)[::-1]
+  ab = np.append(ab, 1.0)  # The last step goes to ᾱ = 1.
   p, q = 1.0, 0.0
-  for j, i in enumerate(range(len(ab) - 1, -1, -1)):
+  for j in range(len(ab) - 1):
     mu = np.asarray(step_means[j], np.float64)
-    a, s = np.sqrt(ab[i]), np.sqrt(1.0 - ab[i])
+    a, s = np.sqrt(ab[j]), np.sqrt(1.0 - ab[j])
     k = a * sigma**2 / (a * a * sigma**2 + s * s)
     px0, qx0 = k * p, mu + k * (q - a * mu)
     pe, qe = (p - a * px0) / s, (q - a * qx0) / s
-    a_p, s_p = np.sqrt(ab_prev[i]), np.sqrt(1.0 - ab_prev[i])
+    a_p, s_p = np.sqrt(ab[j + 1]), np.sqrt(1.0 - ab[j + 1])
     p, q = a_p * px0 + s_p * pe, a_p * qx0 + s_p * qe
   return q, p
 
 
+def onset_grid(schedule, steps, interval):
+  """The log-SNR grid with the timestep where guidance switches on in place of
+  its nearest interior point in λ, derived here from the definitions: σ =
+  sqrt((1-ᾱ)/ᾱ) rises with t; guidance is on where lo < σ <= hi, so going down
+  from T-1 it switches on at the largest t with σ_t <= hi, if σ_{T-1} > hi."""
+  import numpy as np
+  from jaxddpm import schedules
+  ab = np.asarray(schedule.alpha_bars, np.float64)
+  sig = np.sqrt((1 - ab) / ab)
+  grid = np.asarray(schedules.respace(schedule, steps, "logsnr").timesteps)
+  lo, hi = interval
+  on = np.flatnonzero((sig > lo) & (sig <= hi))
+  if not on.size or sig[-1] <= hi or on[-1] in grid or steps < 4:
+    return grid
+  t_on = on[-1]
+  lam = 0.5 * np.log(ab / (1 - ab))
+  interior = grid[1:-1]
+  nearest = interior[np.argmin(np.abs(lam[interior] - lam[t_on]))]
+  return np.sort(np.append(grid[grid != nearest], t_on))
+
+
 def interval_cfg_affine(schedule, steps, spacing, sampler, sigma, mu_c, mu_u, scale, interval,
-                        onset=True):
+                        onset):
   """(q, p) of DDIM (η = 0) or DPM-Solver++(2M) with CFG at `scale` for σ in
   `interval` on the affine denoisers of N(mu_c, σ²) and N(mu_u, σ²): guided steps
-  see the exact denoiser of N(mu_u + s(mu_c - mu_u), σ²). On sample_loop's grid with
-  its onset step (sampling.step_schedule); onset=False: plain respacing without it."""
-  from jaxddpm import guidance, sampling, schedules
-  onset = onset and sampling.takes_onset_step(sampler, spacing, scale, interval)
-  sched = (sampling.step_schedule(schedule, steps, spacing=spacing, sampler=sampler,
-                                  guidance_scale=scale, guidance_interval=interval)
-           if onset else schedules.respace(schedule, steps, spacing))
-  g = guidance.guided_steps(sched.alpha_bars, interval)
-  means = [mu_u + scale * (mu_c - mu_u) if gi else mu_c for gi in g[::-1]]
+  see the exact denoiser of N(mu_u + s(mu_c - mu_u), σ²). onset=True: DPM-Solver++
+  on onset_grid, at first order from the first guided step; False: the plain
+  respaced grid."""
+  import numpy as np
+  from jaxddpm import schedules
+  ab_full = np.asarray(schedule.alpha_bars, np.float64)
+  grid = (onset_grid(schedule, steps, interval) if onset
+          else np.asarray(schedules.respace(schedule, steps, spacing).timesteps))
+  ab = ab_full[grid]
+  sig = np.sqrt((1 - ab) / ab)
+  guided = (sig > interval[0]) & (sig <= interval[1])  # Per respaced index.
+  means = [mu_u + scale * (mu_c - mu_u) if gi else mu_c for gi in guided[::-1]]
   if sampler == "ddim":
-    return ddim_affine(sched, sigma, means)
-  first = guidance.onset_steps(sched.alpha_bars, interval) if onset else None
-  return dpm_solver_affine(sched, sigma, means, first)
+    return ddim_affine(ab, sigma, means)
+  # First order where a guided step follows an unguided (noisier) one.
+  first = np.concatenate([guided[:-1] & ~guided[1:], [False]]) if onset else None
+  return dpm_solver_affine(ab, sigma, means, first)

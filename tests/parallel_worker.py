@@ -13,7 +13,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configs import base, mnist  # noqa: E402
+import smoke  # noqa: E402
+from configs import base  # noqa: E402
 from jaxddpm import loop, parallel, sampling, schedules, train  # noqa: E402
 
 
@@ -96,7 +97,7 @@ def main(workdir):
     out["indivisible_error"] = str(e)
 
   # The whole loop on :smoke, 4 steps, for the outer test to compare with 1 device.
-  s = mnist.get_config("smoke")
+  s = smoke.config(os.environ["JAXDDPM_DATA_DIR"])
   s.train.num_steps = 4
   loop.train_and_evaluate(s, os.path.join(workdir, "smoke4"))
   print(json.dumps(out))

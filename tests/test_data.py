@@ -123,6 +123,25 @@ def test_tfds_path_with_mock_data(tmp_path, monkeypatch, dataset, shape, cond):
     assert labels.shape == (6,) and labels.dtype == np.int32 and labels.max() < 10
 
 
+def test_celeba_centre_crop_and_resize_values():
+  """An aligned face is 218x178: the 178x178 square at rows 20-197 is kept and
+  resized by a normalised, antialiased triangle filter, which reproduces a linear
+  ramp: output pixel j sits at source (j + ½)·178/64 - ½. Channel 0 ramps along the
+  columns, channel 1 along the rows of the square, channel 2 marks the 40 rows
+  outside it (255), which must not reach the output at all."""
+  r, c = np.meshgrid(np.arange(218), np.arange(178), indexing="ij")
+  face = np.stack([c, np.clip(r - 20, 0, 177), np.where((r < 20) | (r >= 198), 255, 0)], -1)
+  out = data.fit_size(data.Split(face[None].astype(np.uint8), np.zeros((1, 40), np.float32)),
+                      "celeb_a", 64).images[0].astype(int)
+  assert out.shape == (64, 64, 3)
+  centre = np.rint((np.arange(64) + 0.5) * 178 / 64 - 0.5).astype(int)
+  inner = slice(2, 62)  # Away from the edges, where the filter is cut short.
+  np.testing.assert_allclose(out[:, inner, 0], np.broadcast_to(centre[inner], (64, 60)), atol=1)
+  np.testing.assert_allclose(out[inner, :, 1], np.broadcast_to(centre[inner, None], (60, 64)),
+                             atol=1)
+  assert out[..., 2].max() == 0
+
+
 def test_missing_offline_files_say_what_to_do(tmp_path):
   cfg = _data_config(dataset="mnist", dir=str(tmp_path))
   with pytest.raises(ValueError) as e:

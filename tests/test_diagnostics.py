@@ -35,7 +35,7 @@ def test_divergence_is_reported_loudly_and_x0_clipping_prevents_it():
     assert diagnostics.warn_if_diverged(stats)
   x, stats = _run(clip_x0=True)
   assert diagnostics.divergence_message(stats) is None
-  assert np.all(np.abs(np.asarray(x)) <= 1.0)
+  assert float(np.max(stats["max_abs"])) < 10  # x_t itself stays bounded, not just x̂0.
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     assert not diagnostics.warn_if_diverged(stats)

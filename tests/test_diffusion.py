@@ -39,6 +39,21 @@ def test_conversions_are_exact_inverses(prediction):
                              atol=2e-4)
 
 
+def test_v_convention_by_hand():
+  """v = sqrt(ᾱ)·ε - sqrt(1-ᾱ)·x_0 (Salimans & Ho 2022), not its negative: with
+  x_0 = 0.5, ε = -1 and ᾱ = 0.36 (α = 0.6, s = 0.8), v = -0.6 - 0.4 = -1 and
+  x_t = 0.3 - 0.8 = -0.5; back, x_0 = α·x_t - s·v = 0.5 and ε = s·x_t + α·v = -1.
+  (Every other test passes with the sign flipped throughout; a checkpoint trained
+  elsewhere with v would not.)"""
+  x0, eps, ab = jnp.array([0.5]), jnp.array([-1.0]), jnp.array([0.36])
+  np.testing.assert_allclose(diffusion.target(x0, eps, ab, "v"), [-1.0], rtol=1e-6)
+  np.testing.assert_allclose(diffusion.target(x0, eps, ab, "x0"), [0.5])
+  np.testing.assert_allclose(diffusion.target(x0, eps, ab, "eps"), [-1.0])
+  x0_hat, eps_hat = diffusion.to_x0_eps(jnp.array([-1.0]), jnp.array([-0.5]), ab, "v")
+  np.testing.assert_allclose(x0_hat, [0.5], rtol=1e-6)
+  np.testing.assert_allclose(eps_hat, [-1.0], rtol=1e-6)
+
+
 def test_v_is_rotation():
   """v = a·ε - s·x_0 with (x_t, v) an orthonormal rotation of (x_0, ε): |v|²+|x_t|² = |x0|²+|ε|²."""
   x0, eps, ab = _draws()

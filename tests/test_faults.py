@@ -10,6 +10,7 @@ import time
 import jax
 import numpy as np
 
+import smoke
 from jaxddpm import checkpoint, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,12 +27,12 @@ def _assert_same_params(a, b):
 
 
 def test_sigkill_at_random_points_then_resume_equals_uninterrupted(smoke_reference,
-                                                                   real_data_dir, tmp_path):
+                                                                   small_data_dir, tmp_path):
   reference = smoke_reference[0]
   workdir = str(tmp_path / "killed")
-  cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--config", "configs/mnist.py:smoke",
+  cmd = [sys.executable, os.path.join(ROOT, "launch.py"), *smoke.LAUNCH_ARGS,
          "--workdir", workdir, "--quiet"]
-  env = dict(os.environ, JAXDDPM_DATA_DIR=real_data_dir)
+  env = dict(os.environ, JAXDDPM_DATA_DIR=small_data_dir)
   rng = np.random.default_rng(0)
   for kill_after in (8, 16):  # Kill once past each of two checkpoints, at a random delay.
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -54,12 +55,12 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(smoke_referen
   _assert_same_params(got, want)
 
 
-def test_sigterm_stops_training_with_its_work_saved(real_data_dir, tmp_path):
+def test_sigterm_stops_training_with_its_work_saved(small_data_dir, tmp_path):
   """SLURM preemption and `kill` send SIGTERM: handled as Ctrl-C, a message, no trace."""
   workdir = str(tmp_path)
-  cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--config", "configs/mnist.py:smoke",
+  cmd = [sys.executable, os.path.join(ROOT, "launch.py"), *smoke.LAUNCH_ARGS,
          "--workdir", workdir, "--config.train.num_steps=100000"]
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, JAXDDPM_DATA_DIR=real_data_dir),
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, JAXDDPM_DATA_DIR=small_data_dir),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   for _ in range(6000):  # A watchdog of ~5 minutes, not a speed check.
     if _steps(workdir) or proc.poll() is not None:

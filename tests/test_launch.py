@@ -1,4 +1,5 @@
-"""launch.py end to end on :smoke with real MNIST: train, resume, sample."""
+"""launch.py end to end on the tests' `:smoke` run (tests/smoke.py): train, resume,
+sample, pictures, evaluate; and its one-line errors."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+import smoke
 from jaxddpm import images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,18 +22,18 @@ def _launch(*args, data_dir, **env_vars):
                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
-def test_train_resume_sample_evaluate(real_data_dir, tmp_path):
+def test_train_resume_sample_evaluate(small_data_dir, tmp_path):
   # The session's jaxddpm cache folder (conftest.py): launches load the programs
   # that earlier tests compiled there, or compile them there when run alone.
   workdir, cache = str(tmp_path / "run"), os.environ["JAXDDPM_CACHE_DIR"]
-  r = _launch("--config", "configs/mnist.py:smoke", "--workdir", workdir,
-              "--config.train.num_steps=20", data_dir=real_data_dir)
+  r = _launch(*smoke.LAUNCH_ARGS, "--workdir", workdir,
+              "--config.train.num_steps=20", data_dir=small_data_dir)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "done at step 20" in r.stderr
   for name in ("config.json", "metrics.jsonl", "checkpoints"):
     assert os.path.exists(os.path.join(workdir, name))
-  r = _launch("--config", "configs/mnist.py:smoke", "--workdir", workdir,
-              data_dir=real_data_dir, JAX_DEBUG_LOG_MODULES="jax._src.compiler")
+  r = _launch(*smoke.LAUNCH_ARGS, "--workdir", workdir,
+              data_dir=small_data_dir, JAX_DEBUG_LOG_MODULES="jax._src.compiler")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "done at step 32" in r.stderr  # Resumed from 20...
   # ...with its train chunk from the persistent cache under the jaxddpm cache folder.
@@ -40,39 +42,39 @@ def test_train_resume_sample_evaluate(real_data_dir, tmp_path):
   assert hit, r.stderr[-3000:]
   assert any(name.startswith(hit.group(1)) for name in os.listdir(os.path.join(cache, "xla")))
   r = _launch("--mode=sample", "--workdir", workdir, "--labels=3,1,4", "--steps=4",
-              "--guidance_scale=2", "--seed=1", data_dir=real_data_dir)
+              "--guidance_scale=2", "--seed=1", data_dir=small_data_dir)
   assert r.returncode == 0, r.stderr[-3000:]
   # Guidance in an interval, over the config.json of a workdir (which stores a list),
   # and log-SNR-even steps.
   r = _launch("--mode=sample", "--workdir", workdir, "--labels=3", "--steps=4",
               "--guidance_scale=2", "--guidance_interval=0.5,20", "--spacing=logsnr",
-              "--seed=1", data_dir=real_data_dir)
+              "--seed=1", data_dir=small_data_dir)
   assert r.returncode == 0, r.stderr[-3000:]
   assert os.path.isfile(os.path.join(workdir, "samples",
                                      "sample_ddim4_logsnr_g2_i0.5-20_seed1.png"))
   for flag, error in (("--guidance_interval=3,1", "error: guidance_interval must be"),
                       ("--spacing=karras", "error: unknown timestep spacing 'karras'")):
-    r = _launch("--mode=sample", "--workdir", workdir, flag, data_dir=real_data_dir)
+    r = _launch("--mode=sample", "--workdir", workdir, flag, data_dir=small_data_dir)
     assert r.returncode != 0 and error in r.stderr and "Traceback" not in r.stderr
   # Autoguidance (the run guiding itself here: any saved run of the same data and
   # diffusion settings will do), and a guide that is not a run.
   r = _launch("--mode=sample", "--workdir", workdir, "--labels=3", "--steps=4",
               "--guidance_scale=2", f"--guide_workdir={workdir}", "--seed=1",
-              data_dir=real_data_dir)
+              data_dir=small_data_dir)
   assert r.returncode == 0, r.stderr[-3000:]
   assert os.path.isfile(os.path.join(workdir, "samples", "sample_ddim4_g2_ag-run_seed1.png"))
   r = _launch("--mode=sample", "--workdir", workdir, f"--guide_workdir={workdir}/nothing",
-              data_dir=real_data_dir)
+              data_dir=small_data_dir)
   assert r.returncode != 0 and "error: sampling.guide_workdir=" in r.stderr
   assert "no config.json" in r.stderr and "Traceback" not in r.stderr
   out = os.path.join(workdir, "samples", "sample_ddim4_g2_seed1")
   grid = images.read_png(out + ".png")
   assert grid.ndim == 3 and grid.std() > 0
   npz = np.load(out + ".npz")
-  assert npz["images"].shape == (3, 28, 28, 1) and npz["images"].dtype == np.uint8
+  assert npz["images"].shape == (3, smoke.SIZE, smoke.SIZE, 1) and npz["images"].dtype == np.uint8
   np.testing.assert_array_equal(npz["labels"], [3, 1, 4])
   r = _launch("--mode=pictures", "--workdir", workdir, "--labels=1,7", "--steps=4",
-              "--guidance_interval=0.5,20", data_dir=real_data_dir)
+              "--guidance_interval=0.5,20", data_dir=small_data_dir)
   assert r.returncode == 0, r.stderr[-3000:]
   for name in ("forward.png", "reverse.png", "guidance.png", "curves.png"):
     img = images.read_png(os.path.join(workdir, "pictures", name))
@@ -80,9 +82,9 @@ def test_train_resume_sample_evaluate(real_data_dir, tmp_path):
   assert os.path.getsize(os.path.join(workdir, "pictures", "reverse.gif")) > 1000
   assert os.path.isfile(os.path.join(workdir, "samples", "sample_ddim4_g2_seed1_diagnostics.png"))
   # Evaluate: the :smoke config's tiny classifier, from the session's cache folder
-  # (test_evaluate.py trained it there; trained here first when run alone).
+  # (trained there by whichever test needs it first).
   r = _launch("--mode=evaluate", "--workdir", workdir, "--num_samples=30", "--quiet",
-              data_dir=real_data_dir)
+              data_dir=small_data_dir)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "conditional accuracy" in r.stderr and "eval.json" in r.stderr
   with open(os.path.join(workdir, "eval.json")) as f:
@@ -182,6 +184,22 @@ def test_guidance_interval_flag_parsing():
     cli.parse_interval("low,high")
   assert cli.sampling_overrides(steps=None, guidance_interval="1,2") == {
       "guidance_interval": (1.0, 2.0)}
+
+
+def test_labels_flag_parsing():
+  from jaxddpm import cli
+  np.testing.assert_array_equal(cli.parse_labels("3, 1,4,", 10, 2), [3, 1, 4])
+  np.testing.assert_array_equal(cli.parse_labels("all", 3, 2), [0, 0, 1, 1, 2, 2])
+  assert cli.parse_labels("7", 10, 1).dtype == np.int32
+  for text in ("a,b", "1.5", "1;2"):
+    with pytest.raises(ValueError, match=f"--labels must be 'all' or comma-separated "
+                                         f"integers, got '{text}'"):
+      cli.parse_labels(text, 10, 1)
+  for text in ("", " , "):
+    with pytest.raises(ValueError, match="--labels is empty"):
+      cli.parse_labels(text, 10, 1)
+  with pytest.raises(ValueError, match="--num_per_class must be >= 1, got 0"):
+    cli.parse_labels("all", 10, 0)
 
 
 def test_process_count_and_index_come_from_the_environment():

