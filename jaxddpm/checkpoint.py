@@ -275,7 +275,8 @@ def load_checkpoint(workdir: str, *, which: str = "best", ema: bool = True):
     except Exception as e:  # noqa: BLE001
       raise ValueError(f"cannot read the checkpoint at step {step} in {directory}: "
                        f"{type(e).__name__}: {str(e)[:300]}. It is damaged or partial; "
-                       "try which='latest' or retrain.") from e
+                       "try which='latest', or rerun the training command, which resumes "
+                       "from the newest checkpoint that restores.") from e
     params = tree["ema_params" if ema else "params"]
     return config, jax.tree.map(np.asarray, params)
   raise ValueError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train first "

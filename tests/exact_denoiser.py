@@ -5,12 +5,14 @@ a = sqrt(ᾱ_t), r² = a²σ² + 1 - ᾱ_t, and the optimal (posterior-mean) pre
   E[x_0 | x_t, c] = mu_c + (a σ² / r²)(x_t - a·mu_c).
 Unconditionally (uniform class prior) x_t is a Gaussian mixture and
 E[x_0 | x_t] = Σ_c p(c | x_t) E[x_0 | x_t, c], p(c | x_t) ∝ N(x_t; a·mu_c, r² I).
+
+The references below are written from the papers' formulas and use none of the
+code under test: the only jaxddpm function they call is schedules.respace, for
+which steps a sampler visits (tested on its own in test_schedules.py).
 """
 
 import jax
 import jax.numpy as jnp
-
-from jaxddpm import diffusion
 
 
 def gaussian_denoiser(alpha_bars_T, mus_KHWC, sigma, prediction, uncond_mean_HWC=None):
@@ -41,8 +43,9 @@ def gaussian_denoiser(alpha_bars_T, mus_KHWC, sigma, prediction, uncond_mean_HWC
       w = jax.nn.softmax(logp / r2[:, 0, 0, 0][:, None], axis=1)
       x0_uncond = jnp.einsum("bk,bkhwc->bhwc", w, x0_k)
     x0 = jnp.where(use_labels[:, None, None, None], x0_cond, x0_uncond)
-    eps = diffusion.eps_from_x0(x0, x_t, ab)
-    return diffusion.target(x0, eps, ab, prediction)
+    s = jnp.sqrt(1.0 - ab)[:, None, None, None]
+    eps = (x_t - a * x0) / s  # x_t = a·x_0 + s·ε.
+    return {"eps": eps, "x0": x0, "v": a * eps - s * x0}[prediction]  # v: Salimans & Ho.
 
   return denoise
 
@@ -59,13 +62,14 @@ def exact_sampler_moments(schedule, steps, sampler, eta, variance, mu, sigma,
   """
   import numpy as np
   from jaxddpm import schedules
-  sched = schedules.respace(schedule, steps, spacing)
-  ab = np.asarray(sched.alpha_bars, np.float64)
-  ab_prev = np.asarray(sched.alpha_bars_prev, np.float64)
-  coef1 = np.asarray(sched.posterior_mean_coef1, np.float64)
-  coef2 = np.asarray(sched.posterior_mean_coef2, np.float64)
-  log_vars = np.asarray(sched.posterior_log_variance_clipped if variance == "small"
-                        else sched.large_log_variance, np.float64)
+  ab = np.asarray(schedules.respace(schedule, steps, spacing).alpha_bars, np.float64)
+  # DDPM's posterior q(x_{i-1} | x_i, x_0) on the kept steps (Ho et al. 2020, eq. 7),
+  # from ᾱ alone: β_i = 1 - ᾱ_i/ᾱ_{i-1}; variance β̃ ("small") or β ("large").
+  ab_prev = np.concatenate([[1.0], ab[:-1]])
+  beta = 1.0 - ab / ab_prev
+  coef1 = beta * np.sqrt(ab_prev) / (1.0 - ab)
+  coef2 = (1.0 - ab_prev) * np.sqrt(1.0 - beta) / (1.0 - ab)
+  step_var = beta * (1.0 - ab_prev) / (1.0 - ab) if variance == "small" else beta
   S = len(ab)
   d_mean = -np.sqrt(ab[-1]) * mu  # E[x_T] = 0, so E[d_T] = -a_T·mu.
   d_var = 1.0
@@ -75,7 +79,7 @@ def exact_sampler_moments(schedule, steps, sampler, eta, variance, mu, sigma,
     k_x0, k_eps = a * sigma**2 / r2, np.sqrt(s2) / r2
     if sampler == "ddpm":
       m = coef1[i] * k_x0 + coef2[i]
-      noise_var = np.exp(log_vars[i]) if i > 0 else 0.0
+      noise_var = step_var[i] if i > 0 else 0.0
     else:
       sig2 = eta**2 * (1 - ab_prev[i]) / s2 * (1 - ab[i] / ab_prev[i])
       m = np.sqrt(ab_prev[i]) * k_x0 + np.sqrt(max(1 - ab_prev[i] - sig2, 0.0)) * k_eps

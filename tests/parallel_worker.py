@@ -21,8 +21,8 @@ from jaxddpm import loop, parallel, sampling, schedules, train  # noqa: E402
 def tiny_config():
   c = base.get_config()
   c.data.update(image_size=8, num_classes=4)
-  c.model.update(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-                 attention_resolutions=(4,), num_heads=2, dropout=0.0)
+  c.model.update(base_channels=8, channel_mults=(1,), num_res_blocks=1,
+                 attention_resolutions=(8,), num_heads=2, dropout=0.0)
   c.diffusion.num_timesteps = 100
   c.sampling.steps = 5
   c.optim.update(warmup_steps=0, lr=1e-3)

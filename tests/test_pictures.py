@@ -14,7 +14,7 @@ def tiny_model():
   from configs import base
   c = base.get_config()
   c.data.update(image_size=8, num_classes=4)
-  c.model.update(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+  c.model.update(base_channels=8, channel_mults=(1,), num_res_blocks=1,
                  attention_resolutions=(), num_heads=1, dropout=0.0)
   c.diffusion.num_timesteps = 100
   c.sampling.steps = 6
