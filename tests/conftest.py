@@ -53,12 +53,22 @@ def pytest_unconfigure(config):
     os.environ.pop(SESSION_ENV, None)
 
 
+# The files that take longest, longest first: `--dist loadfile` hands files to the
+# workers in collection order, and a long file started last keeps one worker busy
+# while the other idles.
+SLOW_FILES = ("test_loop.py", "test_parallel.py", "test_launch.py", "test_sampling.py",
+              "test_faults.py", "test_models.py", "test_train.py", "test_conv.py")
+
+
 def pytest_collection_modifyitems(items):
   """Tests that read the real data carry the `real_data` marker: the one explicit
-  way to leave them out (`-m 'not real_data'`). Without the data they fail."""
+  way to leave them out (`-m 'not real_data'`). Without the data they fail. Slow
+  files first (SLOW_FILES), each file's tests in their own order."""
   for item in items:
     if "real_data_dir" in getattr(item, "fixturenames", ()):
       item.add_marker(pytest.mark.real_data)
+  rank = {name: i for i, name in enumerate(SLOW_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
 
 
 def once(name: str, make):
