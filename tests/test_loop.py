@@ -311,7 +311,8 @@ def test_a_chunk_of_k_steps_is_k_single_steps_in_one_program(tiny_config):
   permutation, is the same training as the steps dispatched one by one: 4 of 4
   live, and 3 of 4 with the 4th masked (an epoch's short last chunk), which reads
   past the permutation's end and is dropped. The number of live steps is traced:
-  both run one compiled program, which traced the step once (chex counts)."""
+  every call, whatever the step, offset or epoch permutation, runs one compiled
+  program, which traced the step once (chex counts)."""
   model, _, tx, step, _ = train.make_steps(tiny_config)
   params = train.init_params(model, tiny_config, jax.random.key(0))
   fresh = lambda: train.create_train_state(jax.tree.map(jnp.copy, params), tx)
@@ -334,6 +335,14 @@ def test_a_chunk_of_k_steps_is_k_single_steps_in_one_program(tiny_config):
     np.testing.assert_allclose(np.asarray(metrics["loss"])[:n], losses, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(state), strict=True):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # Steady state, as the loop runs it: two epochs of new permutations, each a full
+  # chunk and a masked one, the state carried through; still the one trace.
+  state = fresh()
+  for epoch in range(2):
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), 20)
+    for offset, n in ((0, 4), (4, 1)):
+      state, metrics = chunk(state, images, labels, perm, offset, key, n)
+  assert int(state.step) == 10 and np.isfinite(np.asarray(metrics["loss"])[:1]).all()
 
 
 def test_chunks_stop_at_multiples_of_k_epoch_ends_and_the_end():

@@ -184,30 +184,6 @@ def test_bad_config_values(tiny_config, overrides, match):
     train.make_steps(tiny_config)
 
 
-def test_no_recompilation_in_steady_state(tiny_config):
-  """The training loop's compiled chunk traces its step once, whatever the step,
-  offset or epoch permutation (chex counts the traces)."""
-  import chex
-
-  from jaxddpm import loop
-  model, schedule, tx, _, _, params = _setup(tiny_config)
-  @chex.assert_max_traces(n=1)
-  def step(state, batch, key):
-    return train.train_step(state, batch, key, model=model, schedule=schedule, tx=tx,
-                            diffusion_config=tiny_config.diffusion, ema_decay=0.999)
-
-  chunk = loop.make_chunk_fn(step, batch_size=4)
-  images = jnp.asarray(_batch(tiny_config, B=16)["image"])
-  labels = jnp.arange(16) % tiny_config.data.num_classes
-  state = train.create_train_state(params, tx)
-  key = jax.random.key(0)
-  for epoch in range(2):
-    perm = jax.random.permutation(jax.random.fold_in(key, epoch), 16)
-    for offset in range(4):
-      state, metrics = chunk(state, images, labels, perm, offset, key, 1)
-  assert int(state.step) == 8 and np.isfinite(np.asarray(metrics["loss"])).all()
-
-
 def test_bfloat16_compute_loss_tracks_float32(tiny_config):
   """bf16 activations, float32 params and optimizer state: the same 5 steps give
   losses within a few percent of float32's, and the params stay float32."""
