@@ -96,7 +96,7 @@ def test_write_cut_short_leaves_the_previous_checkpoint_restorable(smoke_config,
 
 def test_same_config_and_seed_give_identical_params_and_samples(smoke_config, tmp_path,
                                                               smoke_reference):
-  reference, want = smoke_reference  # The same config, trained earlier in this session.
+  reference, want = smoke_reference  # The same config, trained once per test run.
   got = loop.train_and_evaluate(smoke_config, str(tmp_path))
   _, pa = checkpoint.load_checkpoint(reference, which="latest")
   _, pb = checkpoint.load_checkpoint(str(tmp_path), which="latest")
