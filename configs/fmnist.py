@@ -17,11 +17,11 @@ epochs, 5 minutes with in-training evaluation off), 10,000 samples, DDIM-50: at 
 (1.5 for sigma in (0.28, 5.42]) 94.4% accuracy and a Frechet distance of 5.5; with
 guidance 2 at every step 98.3% and 21.0; at guidance 1, 89.8% and 2.75, 1.95 with
 DDIM-100 (floor 0.51): docs/RESULTS.md, "One GPU". All these are the first
-evaluator's. The current one (since the eighteenth session: floor of held-out
+evaluator's. The current one (floor of held-out
 images, a stronger classifier) judges harder: the `:cpu` model at its guidance,
 2,000 samples, 92.6% and 19.5 (floor 1.79), where the first said 93.4% and 8.2
 (floor 1.09) of the same images. The default config with it (one H200, all 30
-epochs, nineteenth session): 94.8% and 4.27 with this config's sampler,
+epochs): 94.8% and 4.27 with this config's sampler,
 DPM-Solver++ 20 with log-SNR steps (DDIM-50: 95.0% and 7.90; floor 94.1% and 0.57).
 """
 
@@ -40,7 +40,7 @@ def get_config(arg=None):
   # 10.1) and 19% faster (steps outside the interval take one network pass).
   if not arg:
     config.sampling.update(guidance_scale=1.5, guidance_interval=base.EDM2_INTERVAL)
-    # DPM-Solver++ 20 with log-SNR-even steps: on the GPU model (nineteenth session,
+    # DPM-Solver++ 20 with log-SNR-even steps: on the GPU model (one H200,
     # 10,000 samples) a Frechet distance of 4.27 against DDIM-50's 7.90 and even
     # DDIM-250's 5.05, at 94.8% accuracy (95.0%), in 25 network passes per image
     # against 85. Uniform steps gave it 10.2. (On the :cpu model it ties DDIM-50.)

@@ -14,8 +14,8 @@ H200 (bf16, all 30 epochs, 6 minutes with in-training evaluation off), 10,000
 samples: at this config's guidance (1.25 for sigma in (0.28, 5.42]) 99.25% accuracy
 and a Frechet distance of 2.95; with guidance 2 at every step 99.96% and 20.7; at
 guidance 1, 97.8% and 1.69 (floor 1.05): docs/RESULTS.md, "One GPU". All these
-are the first evaluator's. With the current one (since the eighteenth session:
-the floor is held-out images) the `:cpu` model, 10,000 samples: 97.05% and 18.4
+are the first evaluator's. With the current one (the floor is
+held-out images) the `:cpu` model, 10,000 samples: 97.05% and 18.4
 (floor 1.16); GPU models not yet measured with it.
 """
 
