@@ -91,16 +91,7 @@ def once(name: str, make):
 
 @pytest.fixture
 def tiny_config():
-  """A base config with a UNet small enough to train in a test: 8x8x1, 4 classes,
-  one level with attention (the fewer layers, the less XLA has to compile)."""
-  from configs import base
-  c = base.get_config()
-  c.data.update(image_size=8, num_classes=4)
-  c.model.update(base_channels=8, channel_mults=(1,), num_res_blocks=1,
-                 attention_resolutions=(8,), num_heads=2, dropout=0.0)
-  c.diffusion.num_timesteps = 100
-  c.optim.update(warmup_steps=0, lr=1e-3)
-  return c
+  return smoke.tiny_config()
 
 
 @pytest.fixture(scope="session")

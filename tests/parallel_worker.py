@@ -14,18 +14,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import smoke  # noqa: E402
-from configs import base  # noqa: E402
 from jaxddpm import loop, parallel, sampling, schedules, train  # noqa: E402
 
 
 def tiny_config():
-  c = base.get_config()
-  c.data.update(image_size=8, num_classes=4)
-  c.model.update(base_channels=8, channel_mults=(1,), num_res_blocks=1,
-                 attention_resolutions=(8,), num_heads=2, dropout=0.0)
-  c.diffusion.num_timesteps = 100
+  c = smoke.tiny_config()  # The in-process tests' tiny config (tests/conftest.py).
   c.sampling.steps = 5
-  c.optim.update(warmup_steps=0, lr=1e-3)
   return c
 
 

@@ -1,4 +1,6 @@
-"""The `:smoke` training run the loop, fault, resume, launch and multi-host tests share.
+"""The small configs the tests train: `tiny_config` (unit tests of steps, chunks and
+samplers) and the `:smoke` run the loop, fault, resume, launch and multi-host tests
+share.
 
 It is configs/mnist.py:smoke (2 epochs of 512 images, 32 steps) with a one-level
 UNet, on real MNIST digits averaged down to 8x8 and written as IDX files in
@@ -29,6 +31,19 @@ def config(data_dir):
   c = mnist.get_config("smoke")
   c.data.update(dir=data_dir, image_size=SIZE)
   c.model.channel_mults = (1,)
+  return c
+
+
+def tiny_config():
+  """A base config with a UNet small enough to train in a test: 8x8x1, 4 classes,
+  one level with attention (the fewer layers, the less XLA has to compile)."""
+  from configs import base
+  c = base.get_config()
+  c.data.update(image_size=8, num_classes=4)
+  c.model.update(base_channels=8, channel_mults=(1,), num_res_blocks=1,
+                 attention_resolutions=(8,), num_heads=2, dropout=0.0)
+  c.diffusion.num_timesteps = 100
+  c.optim.update(warmup_steps=0, lr=1e-3)
   return c
 
 
