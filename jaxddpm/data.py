@@ -2,14 +2,24 @@
 
 Where data comes from, in order:
 1. `config.data.dir`, else the environment variable JAXDDPM_DATA_DIR: a folder with
-   one sub-folder per dataset (`mnist/`, `fashion-mnist/` holding the four IDX
-   `.gz` files; `cifar10/` holding `cifar-10-binary.tar.gz`). When such a folder is
-   named, nothing is downloaded: missing files are an error that says which.
+   one sub-folder per dataset, in each data set's official layout:
+   - `mnist/`, `fashion-mnist/`: the four IDX `.gz` files;
+   - `cifar10/`: `cifar-10-python.tar.gz` or `cifar-10-binary.tar.gz`;
+   - `celeba/`: `img_align_celeba/` (or its zip), `list_attr_celeba.txt` and
+     `list_eval_partition.txt` (`jaxddpm/celeba.py`).
+   When such a folder is named, nothing is downloaded: missing files are an error
+   that says which.
 2. System copies: Debian's `dataset-fashion-mnist` in /usr/share/datasets/.
-3. TFDS (`tfds.builder(...).download_and_prepare()`), which downloads when online.
+3. TFDS, prepared as TFRecord or ArrayRecord (`jaxddpm/tfds_source.py`); it
+   downloads when online.
 
-The sets are small enough (at most a few GB of uint8) to live on the device whole;
-see `device_put_splits`.
+Images arrive at config.data.image_size (CelebA cropped and resized in chunks, in
+bounded memory). The sets are small enough at that size (at most a few GB of
+uint8) to live on the device whole.
+
+A folder holding a file named STAND-IN.txt is generated stand-in data in an
+official layout (bench/standin_data.py): its splits say so (`Split.stand_in`),
+and so does every output made from them.
 """
 
 from __future__ import annotations
@@ -17,11 +27,13 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import pickle
 import struct
 import tarfile
-import urllib.request
 
 import numpy as np
+
+from jaxddpm import celeba, imagestore, tfds_source
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeb_a")
 ENV_VAR = "JAXDDPM_DATA_DIR"
@@ -29,7 +41,8 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-CIFAR_FILE = "cifar-10-binary.tar.gz"
+CIFAR_FILES = ("cifar-10-python.tar.gz", "cifar-10-binary.tar.gz")
+STAND_IN_FILE = "STAND-IN.txt"
 # Sub-folder names accepted for each dataset inside an offline folder.
 FOLDERS = {
     "mnist": ("mnist",),
@@ -39,14 +52,20 @@ FOLDERS = {
 }
 SYSTEM_DIRS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",)}
 NATIVE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "celeb_a": None}
-CELEBA_CROP = 178  # Centre square of the 218x178 aligned faces.
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """images uint8 [N,H,W,C]; labels int32 [N] (classes) or float32 [N,K] (attributes)."""
+  """images uint8 [N,H,W,C]; labels int32 [N] (classes) or float32 [N,K] in {0, 1}
+  (attributes, named by `names`); `stand_in`: generated, not the real data set."""
   images: np.ndarray
   labels: np.ndarray
+  names: tuple[str, ...] = ()
+  stand_in: bool = False
+
+  def subset(self, index) -> Split:
+    """The images and labels at `index` (a slice, mask or index array)."""
+    return dataclasses.replace(self, images=self.images[index], labels=self.labels[index])
 
   def __len__(self) -> int:
     return int(self.images.shape[0])
@@ -99,79 +118,70 @@ def _load_idx(folder: str, split: str) -> Split:
   return Split(images[..., None], labels.astype(np.int32))
 
 
-def _load_cifar_binary(path: str, split: str) -> Split:
-  members = ([f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train"
-             else ["test_batch.bin"])
-  chunks = []
+def _load_cifar(path: str, split: str) -> Split:
+  """CIFAR-10 from either official archive: the Python version (pickled batches of
+  row-major RGB planes) or the binary version (label byte + planes per record)."""
+  python = path.endswith(CIFAR_FILES[0])
+  members = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+  if not python:
+    members = [m + ".bin" for m in members]
+  images, labels = [], []
   try:
     with tarfile.open(path, "r:gz") as tar:
       by_name = {os.path.basename(m.name): m for m in tar.getmembers()}
       for name in members:
         if name not in by_name:
-          raise ValueError(f"{path} lacks {name}: is it the binary version of CIFAR-10?")
-        chunks.append(np.frombuffer(tar.extractfile(by_name[name]).read(), np.uint8))
+          raise ValueError(f"{path} lacks {name}: is it the official "
+                           f"{'Python' if python else 'binary'} version of CIFAR-10?")
+        raw = tar.extractfile(by_name[name]).read()
+        x, y = _cifar_python_batch(raw, path) if python else _cifar_binary_batch(raw, path)
+        images.append(x)
+        labels.append(y)
   except (tarfile.TarError, OSError, EOFError) as e:
     raise _damaged(path, e) from e
+  planes = np.concatenate(images).reshape(-1, 3, 32, 32)
+  return Split(np.ascontiguousarray(planes.transpose(0, 2, 3, 1)),
+               np.concatenate(labels).astype(np.int32))
+
+
+def _cifar_python_batch(raw: bytes, path: str):
+  try:
+    batch = pickle.loads(raw, encoding="bytes")  # Pickled by Python 2: byte-string keys.
+    x = np.asarray(batch[b"data"], np.uint8)
+    y = np.asarray(batch[b"labels"])
+  except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as e:
+    raise _damaged(path, e) from e
+  if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(y) != len(x):
+    raise _damaged(path, ValueError(f"a batch holds data {x.shape}, labels {y.shape}"))
+  return x, y
+
+
+def _cifar_binary_batch(raw: bytes, path: str):
   record = 1 + 3 * 32 * 32  # A label byte, then the image as 3 planes of 32x32.
-  if sum(c.size for c in chunks) % record:
+  if len(raw) % record:
     raise _damaged(path, ValueError("its batches are not whole 3,073-byte records"))
-  records = np.concatenate(chunks).reshape(-1, record)
-  images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  return Split(np.ascontiguousarray(images), records[:, 0].astype(np.int32))
+  records = np.frombuffer(raw, np.uint8).reshape(-1, record)
+  return records[:, 1:], records[:, 0]
 
 
 # ----------------------------------------------------------------------------- TFDS
 
 
 def _missing_data_error(dataset: str, why: str, offline_dir: str | None = None) -> ValueError:
+  use = f"pass --config.data.dir=<dir> or set {ENV_VAR}=<dir>"
   if dataset in ("mnist", "fashion_mnist"):
     files = ", ".join(IDX_FILES["train"] + IDX_FILES["test"])
-    offline = (f"put {files} in <dir>/{FOLDERS[dataset][0]}/ and pass "
-               f"--config.data.dir=<dir> or set {ENV_VAR}=<dir>")
+    offline = f"put {files} in <dir>/{FOLDERS[dataset][0]}/ and {use}"
     if dataset == "fashion_mnist":
       offline += " (or `apt-get install dataset-fashion-mnist`)"
   elif dataset == "cifar10":
-    offline = (f"put {CIFAR_FILE} (the binary version) in <dir>/cifar10/ and pass "
-               f"--config.data.dir=<dir> or set {ENV_VAR}=<dir>")
+    offline = (f"put {' or '.join(CIFAR_FILES)} (from www.cs.toronto.edu/~kriz/cifar.html) "
+               f"in <dir>/cifar10/ and {use}")
   else:
-    offline = ("prepare it with TFDS on a machine with internet (celeb_a needs its five "
-               "Google Drive files) and point --config.data.tfds_dir at that data_dir")
+    offline = f"put {celeba.missing_files_hint()} in <dir>/celeba/ and {use}"
   where = f" in {offline_dir}" if offline_dir else ""
   return ValueError(f"dataset {dataset!r} is not available{where}: {why}. To fix: {offline}; "
-                    "or run online with `pip install tensorflow-cpu` so TFDS can download it.")
-
-
-def _reachable(url: str, timeout: float = 5.0) -> bool:
-  """A quick check before TFDS, which retries for minutes when offline."""
-  try:
-    urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
-    return True
-  except Exception:  # noqa: BLE001 - any failure means "cannot download now".
-    return False
-
-
-def _load_tfds(dataset: str, split: str, tfds_dir: str | None) -> Split:
-  import tensorflow_datasets as tfds  # Heavy import: only when TFDS is used.
-  builder = tfds.builder(dataset, data_dir=tfds_dir)
-  if not builder.is_prepared():
-    urls = list(builder.url_infos or {})
-    if urls and not _reachable(urls[0]):
-      raise _missing_data_error(dataset, f"TFDS has not prepared it and {urls[0]} cannot be "
-                                "reached (offline?)")
-    try:
-      builder.download_and_prepare(file_format="array_record")
-    except ImportError as e:
-      raise _missing_data_error(dataset, f"TFDS needs TensorFlow to prepare it ({e})") from e
-  source = builder.as_data_source(split=split)
-  examples = [source[i] for i in range(len(source))]
-  images = np.stack([np.asarray(ex["image"], np.uint8) for ex in examples])
-  if dataset == "celeb_a":
-    names = sorted(examples[0]["attributes"])
-    labels = np.array([[float(ex["attributes"][n]) for n in names] for ex in examples],
-                      np.float32)
-  else:
-    labels = np.array([int(ex["label"]) for ex in examples], np.int32)
-  return Split(images, labels)
+                    "or point --config.data.tfds_dir at a folder where TFDS prepared it.")
 
 
 # ----------------------------------------------------------------------------- API
@@ -183,26 +193,38 @@ def offline_dir(data_config) -> str | None:
 
 
 def load_split(data_config, split: str) -> Split:
-  """One split ("train" or "test") of config.data.dataset at its native size."""
-  dataset = data_config.dataset
+  """One split ("train" or "test") of config.data.dataset at config.data.image_size."""
+  dataset, size = data_config.dataset, data_config.image_size
   if dataset not in DATASETS:
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}.")
   if split not in IDX_FILES:
     raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'.")
   root = offline_dir(data_config)
+  candidates = _candidates(root, dataset) if root else []
+  folder = None
   if dataset in ("mnist", "fashion_mnist"):
     names = IDX_FILES["train"] + IDX_FILES["test"]
-    folder = _find_files(_candidates(root, dataset) if root else [], names)
+    folder = _find_files(candidates, names)
     folder = folder or (None if root else _find_files(SYSTEM_DIRS.get(dataset, ()), names))
-    if folder:
-      return _load_idx(folder, split)
+    native = _load_idx(folder, split) if folder else None
   elif dataset == "cifar10":
-    folder = _find_files(_candidates(root, dataset) if root else [], [CIFAR_FILE])
+    found = [(f, n) for n in CIFAR_FILES if (f := _find_files(candidates, [n]))]
+    folder = found[0][0] if found else None
+    native = _load_cifar(os.path.join(*found[0]), split) if found else None
+  else:
+    folder = celeba.find(candidates)
     if folder:
-      return _load_cifar_binary(os.path.join(folder, CIFAR_FILE), split)
-  if root and dataset != "celeb_a":
-    raise _missing_data_error(dataset, "the files are not there", root)
-  return _load_tfds(dataset, split, data_config.get("tfds_dir") or None)
+      images, labels, names = celeba.load(folder, split, size)
+      native = Split(images, labels, names)
+  if folder is None:
+    if root:
+      raise _missing_data_error(dataset, "the files are not there", root)
+    missing = lambda why: _missing_data_error(dataset, why)
+    images, labels, names = tfds_source.load(dataset, split, data_config.get("tfds_dir") or None,
+                                             size, missing)
+    native = Split(images, labels, names)
+  stand_in = bool(folder) and os.path.isfile(os.path.join(folder, STAND_IN_FILE))
+  return dataclasses.replace(fit_size(native, dataset, size), stand_in=stand_in)
 
 
 def fit_size(split: Split, dataset: str, image_size: int) -> Split:
@@ -211,25 +233,15 @@ def fit_size(split: Split, dataset: str, image_size: int) -> Split:
   images = split.images
   H = images.shape[1]
   if dataset == "celeb_a":
-    images = _crop_resize(images, image_size)
+    if images.shape[1:3] != (image_size, image_size):
+      images = imagestore.crop_resize_fn(image_size)(images)
   elif image_size != H:
     pad = image_size - H
     if pad < 0 or pad % 2 or dataset == "cifar10":
       raise ValueError(f"{dataset} images are {H}x{H}; data.image_size={image_size} is not "
                        f"supported (MNIST-likes can be padded by an even amount).")
     images = np.pad(images, ((0, 0), (pad // 2,) * 2, (pad // 2,) * 2, (0, 0)))
-  return Split(images, split.labels)
-
-
-def _crop_resize(images: np.ndarray, size: int, chunk: int = 2048) -> np.ndarray:
-  import jax  # Resizing 200k faces is much faster as one compiled op.
-  H, W = images.shape[1:3]
-  top, left = (H - CELEBA_CROP) // 2, (W - CELEBA_CROP) // 2
-  crop = images[:, top:top + CELEBA_CROP, left:left + CELEBA_CROP]
-  resize = jax.jit(lambda x: jax.image.resize(
-      x.astype(np.float32), (x.shape[0], size, size, x.shape[3]), "linear", antialias=True))
-  out = [np.asarray(resize(crop[i:i + chunk])) for i in range(0, len(crop), chunk)]
-  return np.clip(np.rint(np.concatenate(out)), 0, 255).astype(np.uint8)
+  return dataclasses.replace(split, images=images)
 
 
 def train_val_split(split: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
@@ -239,8 +251,7 @@ def train_val_split(split: Split, val_fraction: float, seed: int) -> tuple[Split
   n_val = int(round(len(split) * val_fraction))
   perm = np.random.default_rng(seed).permutation(len(split))
   val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-  return (Split(split.images[train], split.labels[train]),
-          Split(split.images[val], split.labels[val]))
+  return split.subset(train), split.subset(val)
 
 
 def load(data_config, seed: int) -> dict[str, Split]:
@@ -248,13 +259,12 @@ def load(data_config, seed: int) -> dict[str, Split]:
   limit = data_config.get("max_train_examples") or 0
   if limit < 0:
     raise ValueError(f"data.max_train_examples must be >= 0 (0 = all), got {limit}.")
-  train_full = fit_size(load_split(data_config, "train"), data_config.dataset,
-                        data_config.image_size)
-  test = fit_size(load_split(data_config, "test"), data_config.dataset, data_config.image_size)
+  train_full = load_split(data_config, "train")
+  test = load_split(data_config, "test")
   _check_against_config(train_full, data_config)
   train, val = train_val_split(train_full, data_config.val_fraction, seed)
   if limit:
-    train = Split(train.images[:limit], train.labels[:limit])
+    train = train.subset(slice(limit))
   return {"train": train, "val": val, "test": test}
 
 

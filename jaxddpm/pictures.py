@@ -171,8 +171,7 @@ def write_all(workdir: str, out_dir: str, *, which: str = "best", labels=None, s
     curves = training_curves(records)
     put("curves.png", lambda p: images.write_png(p, curves))
   if "forward" in pictures:
-    test = data.fit_size(data.load_split(config.data, "test"), config.data.dataset,
-                         config.data.image_size)
+    test = data.load_split(config.data, "test")
     if config.data.conditioning == "class":
       idx = [int(np.flatnonzero(test.labels == c)[0]) for c in labels]
     else:

@@ -140,8 +140,7 @@ def train(train_split: data_lib.Split, spec: Spec, *, quiet: bool = True):
   split less the holdout); deterministic for a spec (same params bit for bit on
   the same hardware). Returns (model, params)."""
   if spec.max_train_examples:
-    train_split = data_lib.Split(train_split.images[:spec.max_train_examples],
-                                 train_split.labels[:spec.max_train_examples])
+    train_split = train_split.subset(slice(spec.max_train_examples))
   n = len(train_split)
   steps_per_epoch = n // spec.batch_size
   if steps_per_epoch == 0:
@@ -271,11 +270,7 @@ def load_or_train(data_config, *, spec: Spec | None = None, cache_dir: str | Non
 
 def train_test_splits(data_config) -> dict:
   """The full real train split (train + val of the diffusion run) and the test split."""
-  train = data_lib.fit_size(data_lib.load_split(data_config, "train"), data_config.dataset,
-                            data_config.image_size)
-  test = data_lib.fit_size(data_lib.load_split(data_config, "test"), data_config.dataset,
-                           data_config.image_size)
-  return {"train": train, "test": test}
+  return {s: data_lib.load_split(data_config, s) for s in ("train", "test")}
 
 
 def split_holdout(train_split: data_lib.Split, spec: Spec):
@@ -287,6 +282,5 @@ def split_holdout(train_split: data_lib.Split, spec: Spec):
                      f"images, got {spec.holdout}.")
   held = np.zeros(n, bool)
   held[np.random.default_rng(spec.seed).permutation(n)[:spec.holdout]] = True
-  pick = lambda mask: data_lib.Split(train_split.images[mask], train_split.labels[mask])
-  return pick(~held), pick(held)
+  return train_split.subset(~held), train_split.subset(held)
 
