@@ -5,6 +5,7 @@
   python launch.py --mode=sample --workdir runs/mnist_cpu --labels=3,3,7 --guidance_scale=3
   python launch.py --mode=evaluate --workdir runs/mnist_cpu --num_samples=1000  # eval.json
   python launch.py --mode=pictures --workdir runs/mnist_cpu --labels=0,3,8  # PNGs and a GIF
+  python launch.py --mode=sample --workdir runs/celeba_cpu --attributes="Smiling,-Male;Eyeglasses"
   python launch.py --mode=evaluate --workdir runs/mnist_cpu --guide_workdir runs/mnist_guide
       # autoguidance: a smaller run guides (README, "Autoguidance"); --guidance_scale=2.5
 """
@@ -23,8 +24,13 @@ flags.DEFINE_string("workdir", None, "Run folder; default runs/<config name>[_<v
 flags.DEFINE_enum("mode", "train", ["train", "sample", "evaluate", "pictures"], "What to do.")
 flags.DEFINE_list("pictures", ["forward", "reverse", "guidance", "curves"],
                   "pictures: which to draw (into workdir/pictures/).")
-flags.DEFINE_string("labels", "all", "sample: comma-separated class labels, or 'all'.")
-flags.DEFINE_integer("num_per_class", 10, "sample with --labels=all: images per class.")
+flags.DEFINE_string("labels", "all", "sample/pictures: comma-separated class labels, or 'all'.")
+flags.DEFINE_string("attributes", None, "sample/pictures, for attribute runs (CelebA): names "
+                    "to set, '-name' to unset, e.g. Smiling,Eyeglasses,-Male; ';' separates "
+                    "rows. Unnamed attributes are drawn from the training data. Default: a "
+                    "row per well-known attribute.")
+flags.DEFINE_integer("num_per_class", 10, "sample: images per class (--labels=all) or per "
+                     "--attributes row.")
 flags.DEFINE_integer("num_samples", None, "evaluate: samples to score (default: the config's "
                      "eval.num_samples).")
 flags.DEFINE_string("sampler", None, "sample/evaluate: ddim | ddpm | dpmpp_2m (default: the "
@@ -130,9 +136,11 @@ def main(argv):
                       guide_workdir=FLAGS.guide_workdir, seed=FLAGS.seed,
                       which=FLAGS.which, out=FLAGS.out)
       if FLAGS.mode == "sample":
-        cli.sample(workdir, labels=FLAGS.labels, num_per_class=FLAGS.num_per_class, **sampling)
+        cli.sample(workdir, labels=FLAGS.labels, attributes=FLAGS.attributes,
+                   num_per_class=FLAGS.num_per_class, **sampling)
       elif FLAGS.mode == "pictures":
-        cli.pictures(workdir, labels=FLAGS.labels, pictures=FLAGS.pictures, **sampling)
+        cli.pictures(workdir, labels=FLAGS.labels, attributes=FLAGS.attributes,
+                     pictures=FLAGS.pictures, **sampling)
       else:
         cli.evaluate(workdir, num_samples=FLAGS.num_samples, quiet=FLAGS.quiet, **sampling)
   except (ValueError, FloatingPointError) as e:  # Bad input or NaN: a message, not a trace.

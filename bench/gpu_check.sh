@@ -5,6 +5,7 @@
 #   STEPS=quality DATASETS=fmnist EPOCHS=15 bash bench/gpu_check.sh  # one dataset
 #   STEPS=throughput bash bench/gpu_check.sh                         # ~4-5 min
 #   STEPS=checkpoint bash bench/gpu_check.sh                         # ~1 min
+#   STEPS=shapes bash bench/gpu_check.sh     # CIFAR-10 / CelebA GPU configs, ~3-4 min
 #
 # The nineteenth session's call (515 s of a 652-s lease: all 30 epochs in 306 s,
 # ~90 s of it to the first step, then issue 4's GPU targets in the six settings of
@@ -71,7 +72,7 @@
 #   python -c "from configs import fmnist; from jaxddpm.metrics import classifier;
 #              classifier.load_or_train(fmnist.get_config().data)"
 # Results come back as $OUT/quality.tar (logs, metrics, grids, tables),
-# $OUT/throughput.md and $OUT/checkpoint.md. SMOKE=1 runs the same pipeline on
+# $OUT/throughput.md, $OUT/checkpoint.md and $OUT/shapes.md. SMOKE=1 runs the same pipeline on
 # :smoke configs (CPU).
 set -uo pipefail
 STEPS="${STEPS:-quality}"
@@ -145,6 +146,12 @@ if want quality; then
     /tmp/hlo/*jit_{chunk,train_step}*after_optimizations.txt 2>/dev/null | wc -l) of \
     $(ls /tmp/hlo/*jit_{chunk,train_step}*after_optimizations.txt 2>/dev/null | wc -l)"
   tar -cf "$OUT/quality.tar" -C "$OUT" q && rm -rf "$R"
+fi
+
+if want shapes; then  # The CIFAR-10 and CelebA GPU configs at their real sizes and batches.
+  echo "== real shapes"
+  timeout "${SHAPES_TIMEOUT:-300}" python3 bench/real_shapes.py --batch 0 --steps 20 2>&1 \
+    | quiet | tee "$OUT/shapes.md"
 fi
 
 if want checkpoint; then  # How long a save holds training up (default UNet state).

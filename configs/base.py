@@ -25,6 +25,9 @@ def get_config(arg=None):
   data.tfds_dir = ""  # TFDS data_dir; "" = TFDS's default (~/tensorflow_datasets).
   data.val_fraction = 0.1  # Share of train held out for validation; 0.05-0.2.
   data.max_train_examples = 0  # Use only the first N training images; 0 = all.
+  # Mirror a random half of each batch left-right in the train step (on the device).
+  # Doubles the data where mirror images are as likely (objects, faces); not digits.
+  data.random_flip = False
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "unet"  # unet (default, ADM-style) | template (the seed's course U-Net).
@@ -81,6 +84,9 @@ def get_config(arg=None):
   ev.cache_dir = ""  # Classifier cache; "" = $JAXDDPM_CACHE_DIR or ~/.cache/jaxddpm.
   ev.classifier_epochs = 0  # Override the classifier recipe's epochs (tests); 0 = recipe.
   ev.classifier_max_train_examples = 0  # Train it on the first N only (tests); 0 = all.
+  # Train images the classifier never sees (the floor's); 0 = the recipe's (10,000).
+  # At most the number of samples evaluated; smaller data sets need fewer.
+  ev.classifier_holdout = 0
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.optimizer = "adam"  # adam | adamw.

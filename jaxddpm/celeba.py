@@ -96,6 +96,14 @@ def load(folder: str, split: str, image_size: int):
     raise ValueError(f"{os.path.join(folder, PARTITION_FILE)} puts no image in the {split} "
                      f"partition ({want}).")
   with _reader(folder) as read:
+    # Before decoding: a partial download or extraction fails in seconds, not at
+    # the first missing file minutes in.
+    have = read.names()
+    lacking = [files[i] for i in pick if files[i] not in have]
+    if lacking:
+      raise ValueError(f"{read.where} lacks {len(lacking):,} of the {len(pick):,} {split} "
+                       f"images listed in {ATTR_FILE} (first: {lacking[0]}): an incomplete "
+                       f"download or extraction; get it again from {WHERE}.")
     images = imagestore.fill(len(pick), lambda i: _decode(read, files[pick[i]]),
                              imagestore.crop_resize_fn(image_size))
   return images, (values[pick] > 0).astype(np.float32), names
@@ -116,7 +124,8 @@ def _decode(read, name: str) -> np.ndarray:
 
 
 class _reader:
-  """A context giving `read(name) -> file object` from the folder or the zip. Zip
+  """A context giving a reader: `read(name) -> file object` from the image folder
+  or the zip, `read.names()` the image names there, `read.where` which. Zip
   handles are per thread: one ZipFile's reads from several threads interleave."""
 
   def __init__(self, folder: str):
@@ -124,20 +133,31 @@ class _reader:
     self.zip = os.path.join(folder, IMAGES_ZIP)
     self.local = threading.local()
     self.opened = []
+    self.prefix = ""
 
   def __enter__(self):
     if os.path.isdir(self.dir):
-      return lambda name: open(os.path.join(self.dir, name), "rb")
+      self.where = self.dir
+      return self
+    self.where = self.zip
     try:
       with zipfile.ZipFile(self.zip) as z:
-        self.prefix = next((n[:-len(n.split("/")[-1])] for n in z.namelist()
-                            if n.endswith(".jpg")), f"{IMAGES_DIR}/")
+        self.members = z.namelist()
     except (OSError, zipfile.BadZipFile) as e:
       raise ValueError(f"cannot read {self.zip}: {type(e).__name__}: {e}. It is damaged or "
                        f"a partial download: download it again from {WHERE}.") from e
-    return self._read_zip
+    jpeg = next((n for n in self.members if n.endswith(".jpg")), f"{IMAGES_DIR}/x.jpg")
+    self.prefix = jpeg[:len(jpeg) - len(jpeg.split("/")[-1])]
+    return self
 
-  def _read_zip(self, name: str):
+  def names(self) -> set[str]:
+    if self.where == self.dir:
+      return set(os.listdir(self.dir))
+    return {n[len(self.prefix):] for n in self.members if n.startswith(self.prefix)}
+
+  def __call__(self, name: str):
+    if self.where == self.dir:
+      return open(os.path.join(self.dir, name), "rb")
     z = getattr(self.local, "zip", None)
     if z is None:
       z = self.local.zip = zipfile.ZipFile(self.zip)

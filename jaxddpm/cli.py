@@ -89,9 +89,9 @@ _SAMPLING_FLAGS = ("sampler", "steps", "spacing", "guidance_scale", "eta", "guid
 # The launch.py flags each mode reads (beside --config, --workdir, --quiet, ...).
 MODE_FLAGS = {
     "train": (),
-    "sample": ("labels", "num_per_class") + _SAMPLING_FLAGS,
+    "sample": ("labels", "attributes", "num_per_class") + _SAMPLING_FLAGS,
     "evaluate": ("num_samples",) + _SAMPLING_FLAGS,
-    "pictures": ("pictures", "labels") + _SAMPLING_FLAGS,
+    "pictures": ("pictures", "labels", "attributes") + _SAMPLING_FLAGS,
 }
 
 
@@ -195,22 +195,51 @@ def sampling_overrides(**options) -> dict:
   return {k: v for k, v in options.items() if v is not None}
 
 
-def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sampler=None,
-           steps=None, spacing=None, guidance_scale=None, eta=None, guidance_interval=None,
-           guide_workdir=None, seed: int = 0, which: str = "best",
-           out: str | None = None) -> tuple[str, str, str]:
+def stand_in_title(workdir: str) -> str:
+  """A caption for pictures of a run trained on generated stand-in data; '' else."""
+  from jaxddpm import attributes
+  info = attributes.load_run_data(workdir)
+  return (f"STAND-IN DATA, not {info['dataset']}: generated pictures"
+          if info.get("stand_in") else "")
+
+
+def request_labels(workdir: str, config, labels: str, attributes: str | None, n: int,
+                   seed: int = 0):
+  """(labels, rows, captions) of --labels (class runs) or --attributes (attribute
+  runs: one row of n images per ';'-separated request, e.g. 'Smiling,-Male')."""
+  from jaxddpm import attributes as attributes_lib
+  if config.data.conditioning == "class":
+    if attributes is not None:
+      raise ValueError("--attributes is for runs conditioned on attributes (CelebA); this "
+                       "run is conditioned on classes: use --labels.")
+    label_array = parse_labels(labels, config.data.num_classes, n)
+    return label_array, (config.data.num_classes if labels == "all" else 1), ()
+  if labels != "all":
+    raise ValueError("--labels is for class runs; this run is conditioned on attributes: "
+                     "name them, e.g. --attributes=Smiling,Eyeglasses,-Male (';' separates "
+                     "rows).")
+  if n < 1:
+    raise ValueError(f"--num_per_class must be >= 1, got {n}.")
+  label_array, captions = attributes_lib.rows_for(workdir, attributes, n, seed)
+  return label_array, len(captions), captions
+
+
+def sample(workdir: str, *, labels: str = "all", attributes: str | None = None,
+           num_per_class: int = 10, sampler=None, steps=None, spacing=None,
+           guidance_scale=None, eta=None, guidance_interval=None, guide_workdir=None,
+           seed: int = 0, which: str = "best", out: str | None = None) -> tuple[str, str, str]:
   """Samples from a workdir's checkpoint; writes a PNG grid, an .npz and a PNG of
-  the sampler's per-step statistics (warning loudly if it diverged). Returns paths."""
-  from jaxddpm import checkpoint, diagnostics, images, parallel, sampling
+  the sampler's per-step statistics (warning loudly if it diverged). Returns paths.
+  Class runs take --labels; attribute runs --attributes (one row per request)."""
+  from jaxddpm import checkpoint, diagnostics, parallel, plots, sampling
+  from jaxddpm import images as images_lib
   config, params = checkpoint.load_checkpoint(workdir, which=which)
-  if config.data.conditioning != "class":
-    raise ValueError("launch.py samples class-conditional models; for attribute models "
-                     "call make_sampler(config)(params, key, attrs) with float [B, K] attrs.")
   overrides = sampling_overrides(sampler=sampler, steps=steps, spacing=spacing,
                                  guidance_scale=guidance_scale, eta=eta,
                                  guidance_interval=guidance_interval, guide_workdir=guide_workdir)
   sample_fn = sampling.make_sampler(config, with_stats=True, **overrides)
-  label_array = parse_labels(labels, config.data.num_classes, num_per_class)
+  label_array, rows, captions = request_labels(workdir, config, labels, attributes,
+                                               num_per_class, seed)
   # Across hosts the samples are split over every host's devices: gathered to each.
   x, stats = parallel.to_host(sample_fn(params, jax.random.key(seed), label_array))
   name = sampling.settings_name(sampling.resolve_options(config, overrides))
@@ -219,14 +248,15 @@ def sample(workdir: str, *, labels: str = "all", num_per_class: int = 10, sample
   png, npz = out + ".png", out + ".npz"
   if jax.process_index():  # Multi-host: the first host writes the files.
     return png, npz, out + "_diagnostics.png"
-  rows = config.data.num_classes if labels == "all" else 1
-  images.write_png(png, images.class_grid(x, rows))
-  np.savez(npz, images=images.to_uint8(x), labels=label_array)
+  title = stand_in_title(workdir)
+  images_lib.write_png(png, plots.grid_picture(np.asarray(x), rows, captions, title))
+  np.savez(npz, images=images_lib.to_uint8(x), labels=label_array)
   diagnostics.warn_if_diverged(stats)
   diag = diagnostics.write_stats_figure(out + "_diagnostics.png", stats,
                                         f"{workdir}: {name}, {len(label_array)} samples")
-  print(f"wrote {len(label_array)} samples: {png} and {npz}; sampler diagnostics: {diag}",
-        file=sys.stderr)
+  note = f" ({title})" if title else ""
+  print(f"wrote {len(label_array)} samples{note}: {png} and {npz}; sampler diagnostics: "
+        f"{diag}", file=sys.stderr)
   return png, npz, diag
 
 
@@ -244,6 +274,9 @@ def evaluate(workdir: str, *, num_samples=None, sampler=None, steps=None, spacin
   m, f = result["metrics"], result["floor"]
   if jax.process_index():  # Multi-host: one summary line, from the first host.
     return result
+  if result["data"]["stand_in"]:
+    print(f"note: {result['data']['dataset']} here is generated stand-in data: these numbers "
+          "say nothing about the real data set.", file=sys.stderr)
   print(f"{m['num_images']} samples: conditional accuracy {m['conditional_accuracy']:.4f}, "
         f"Frechet distance {m['frechet_distance']:.3f} (real-data floor "
         f"{f['frechet_distance']:.3f}), precision {m['precision']:.3f}, recall "
@@ -251,20 +284,24 @@ def evaluate(workdir: str, *, num_samples=None, sampler=None, steps=None, spacin
   return result
 
 
-def pictures(workdir: str, *, labels: str = "all", pictures=None, sampler=None, steps=None,
-             spacing=None, guidance_scale=None, eta=None, guidance_interval=None,
-             guide_workdir=None, seed: int = 0, which: str = "best",
-             out: str | None = None) -> list[str]:
-  """Forward / reverse strips, reverse GIF, guidance sweep, training curves."""
+def pictures(workdir: str, *, labels: str = "all", attributes: str | None = None,
+             pictures=None, sampler=None, steps=None, spacing=None, guidance_scale=None,
+             eta=None, guidance_interval=None, guide_workdir=None, seed: int = 0,
+             which: str = "best", out: str | None = None) -> list[str]:
+  """Forward / reverse strips, reverse GIF, guidance sweep, training curves: one
+  column per class of --labels, or per ';'-separated request of --attributes."""
   from jaxddpm import checkpoint, pictures as pictures_lib
   config = checkpoint.load_config(workdir)
-  label_array = parse_labels(labels, min(config.data.num_classes, 10), 1)
+  label_array = request_labels(workdir, config, labels, attributes, 1, seed)[0]
+  if config.data.conditioning == "class" and labels == "all":
+    label_array = label_array[:10]  # One column per class: at most ten.
   overrides = sampling_overrides(sampler=sampler, steps=steps, spacing=spacing,
                                  guidance_scale=guidance_scale, eta=eta,
                                  guidance_interval=guidance_interval, guide_workdir=guide_workdir)
   paths = pictures_lib.write_all(workdir, out or os.path.join(workdir, "pictures"),
                                  which=which, labels=label_array, seed=seed,
-                                 pictures=pictures or pictures_lib.PICTURES, **overrides)
+                                 pictures=pictures or pictures_lib.PICTURES,
+                                 title=stand_in_title(workdir), **overrides)
   if jax.process_index() == 0:  # Multi-host: the first host wrote them and says so.
     print("wrote " + ", ".join(paths), file=sys.stderr)
   return paths

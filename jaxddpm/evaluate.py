@@ -42,6 +42,8 @@ class Evaluator:
   test_labels: np.ndarray  # Their labels, in the same order.
   k: int = 3  # Neighbourhood size of the precision / recall manifolds.
   seed: int = 0
+  names: tuple = ()  # Attribute names (attribute data): per-attribute accuracy is reported.
+  stand_in: bool = False  # The real data is a generated stand-in (data.STAND_IN_FILE).
 
   def evaluate(self, images, labels) -> dict:
     """Metrics of N images (uint8, or float in [-1, 1], which is quantised to uint8
@@ -59,10 +61,15 @@ class Evaluator:
     agree = classifier_lib.agreement(logits, labels)
     reference = self.test_features[:len(images)]
     precision, recall = manifold.precision_recall(reference, features, self.k)
-    return dict(conditional_accuracy=float(np.mean(agree)),
-                frechet_distance=frechet.frechet_distance(*frechet.gaussian_stats(features),
-                                                          *self.test_stats),
-                precision=precision, recall=recall, num_images=int(len(images)))
+    out = dict(conditional_accuracy=float(np.mean(agree)),
+               frechet_distance=frechet.frechet_distance(*frechet.gaussian_stats(features),
+                                                         *self.test_stats),
+               precision=precision, recall=recall, num_images=int(len(images)))
+    if labels.ndim == 2:  # Attributes: how often each one came out as asked.
+      right = (np.asarray(logits) > 0) == (labels > 0.5)
+      names = self.names or tuple(f"attribute_{i}" for i in range(labels.shape[1]))
+      out["attribute_accuracy"] = {n: float(a) for n, a in zip(names, right.mean(0))}
+    return out
 
   def generation_labels(self, n: int) -> np.ndarray:
     """What to generate n samples for: classes cycled evenly (10,000 -> 1,000 per
@@ -100,6 +107,8 @@ def classifier_spec(config) -> classifier_lib.Spec:
   e = config.eval
   if e.classifier_epochs:
     spec = dataclasses.replace(spec, epochs=e.classifier_epochs)
+  if e.get("classifier_holdout"):
+    spec = dataclasses.replace(spec, holdout=e.classifier_holdout)
   if e.classifier_max_train_examples:
     spec = dataclasses.replace(spec, max_train_examples=e.classifier_max_train_examples)
   return spec
@@ -118,7 +127,7 @@ def make_evaluator(data_config, *, cache_dir: str | None = None, spec=None, k: i
                    held_out=classifier_lib.split_holdout(splits["train"], spec)[1],
                    test_stats=frechet.gaussian_stats(test_features),
                    test_features=test_features[order], test_labels=splits["test"].labels[order],
-                   k=k)
+                   k=k, names=splits["test"].names, stand_in=splits["test"].stand_in)
 
 
 def generate(sample, params, labels, key: jax.Array, *, batch_size: int = 500,
@@ -178,6 +187,7 @@ def evaluate_checkpoint(workdir: str, *, num_samples: int | None = None, which: 
       sampling=dict(config.sampling, **sampling_overrides),
       metrics=evaluator.evaluate(imgs, labels), floor=evaluator.floor(n),
       classifier={k: evaluator.classifier[k] for k in ("key", "test_accuracy", "path")},
+      data=dict(dataset=config.data.dataset, stand_in=evaluator.stand_in),
       sample_seconds=round(sample_seconds, 2))
   path = out or os.path.join(workdir, EVAL_FILE)
   if jax.process_index() == 0:  # Multi-host: every host scored the same; one writes.

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxddpm import checkpoint, data, diagnostics, evaluate, files, parallel, progress
-from jaxddpm import sampling, xla
+from jaxddpm import attributes, checkpoint, data, diagnostics, evaluate, files, parallel, plots
+from jaxddpm import progress, sampling, xla
 from jaxddpm import images as images_lib
 from jaxddpm.train import (check_diffusion_config, create_train_state, end_epoch,
                            init_params, lr_schedule, make_plateau, make_steps)
@@ -173,6 +173,11 @@ def _train(config, workdir: str) -> dict:
           f"resuming from step {int(state.step)}.", file=sys.stderr)
   if lead:
     checkpoint.save_config(workdir, config)
+    attributes.save_run_data(workdir, config.data.dataset, splits["train"])
+    if splits["train"].stand_in:  # Said even when quiet: nothing here is about real data.
+      print(f"note: {config.data.dataset} here is generated stand-in data ({data.STAND_IN_FILE} "
+            "in its folder): its samples and numbers say nothing about the real data set.",
+            file=sys.stderr)
   mesh = parallel.make_mesh()  # All devices: the batch is split, the state replicated.
   state = parallel.replicate(state, mesh)
   key = jax.random.wrap_key_data(state.rng)
@@ -185,7 +190,7 @@ def _train(config, workdir: str) -> dict:
   K = config.train.steps_per_dispatch
   chunk_fn = make_chunk_fn(step_fn, B, mesh, K)  # The jitted step inlines into the scan.
   sampler = sampling.make_sampler(config, with_stats=True)
-  grid_labels = _grid_labels(config, splits["val"])
+  grid = _grid_labels(config, splits["train"])
   evaluator = _make_evaluator(config)
   log = progress.MetricsLog(os.path.join(workdir, "metrics.jsonl"), writer=lead)
   if resuming:
@@ -214,6 +219,10 @@ def _train(config, workdir: str) -> dict:
                                 step_key, k)
       pending.append((step, metrics, k))
       step += k
+      # One chunk in flight at most: a SIGTERM or Ctrl-C, handled when this wait
+      # returns, then saves within one chunk's time (schedulers kill 30 s after
+      # SIGTERM), not after a queue of dispatched chunks has run.
+      metrics["loss"].block_until_ready()
       crossed = lambda every: step // every != (step - k) // every
       at_epoch_end = step % steps_per_epoch == 0
       must_save = at_epoch_end or crossed(config.train.checkpoint_every_steps) or step == total
@@ -246,7 +255,7 @@ def _train(config, workdir: str) -> dict:
       elif must_save:
         _timed_save(ckpt, log, state, step)
       if config.train.sample_every_steps and crossed(config.train.sample_every_steps):
-        _write_grid(workdir, step, sampler, state.ema_params, grid_labels, config, root_key)
+        _write_grid(workdir, step, sampler, state.ema_params, grid, config, root_key)
     stopped_early = step < total
     ckpt.save(state)
   except KeyboardInterrupt:
@@ -267,8 +276,7 @@ def _train(config, workdir: str) -> dict:
     except checkpoint.CheckpointWriteError:
       if not failing:  # Never hide the error that is already on its way out.
         raise
-  grid_path = _write_grid(workdir, step, sampler, state.ema_params, grid_labels, config,
-                          root_key)
+  grid_path = _write_grid(workdir, step, sampler, state.ema_params, grid, config, root_key)
   summary = dict(step=step, epochs=step / steps_per_epoch, stopped_early=stopped_early,
                  best_val_loss=float(state.best_val_loss),
                  best_frechet_distance=float(state.best_frechet), workdir=os.path.abspath(workdir),
@@ -408,20 +416,32 @@ def _flush_metrics(pending, log, bar, ckpt, state, lr_at, t0, step0, B):
   bar.update(step, loss=record["loss"], lr=lr)
 
 
-def _grid_labels(config, val_split) -> np.ndarray:
+def _grid_labels(config, train_split):
+  """(labels, row captions, title) of the sample grid: one row per class, or for
+  attribute data one row per request of `attributes.grid_requests` (captioned),
+  the unnamed attributes drawn from the training faces."""
   n = config.train.samples_per_class
+  title = (f"STAND-IN DATA, not {config.data.dataset}: generated pictures"
+           if train_split.stand_in else "")
   if config.data.conditioning == "class":
-    return np.repeat(np.arange(config.data.num_classes), n).astype(np.int32)
-  rows = min(8, len(val_split))  # Attributes: the first validation faces' attributes.
-  return np.repeat(val_split.labels[:rows], n, axis=0)
+    return np.repeat(np.arange(config.data.num_classes), n).astype(np.int32), (), title
+  names = train_split.names or tuple(f"attribute {i}" for i in range(config.data.num_classes))
+  requests = attributes.grid_requests(names)
+  present = np.asarray(train_split.labels) > 0.5
+  labels = np.concatenate([attributes.labels_for(r, names, present, n, seed=i)
+                           for i, r in enumerate(requests)])
+  return labels, tuple(r.replace(",", ", ") for r in requests), title
 
 
-def _write_grid(workdir, step, sampler, params, labels, config, root_key) -> str:
+def _write_grid(workdir, step, sampler, params, grid, config, root_key) -> str:
+  labels, captions, title = grid
   samples, stats = parallel.to_host(sampler(params, jax.random.fold_in(root_key, 10_000_019),
                                             labels))
   diagnostics.warn_if_diverged(stats)
-  rows = len(labels) // config.train.samples_per_class
   path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
   if jax.process_index():  # Every host samples (one computation); the first writes.
     return path
-  return images_lib.write_png(path, images_lib.class_grid(np.asarray(samples), rows))
+  rows = len(labels) // config.train.samples_per_class
+  return images_lib.write_png(path, plots.grid_picture(np.asarray(samples), rows, captions,
+                                                       title))
+

@@ -65,13 +65,16 @@ def reverse_strip(x_t, x0) -> np.ndarray:
   return images.grid(images.to_uint8(ordered), rows=2 * B)
 
 
-def reverse_gif(path: str, x_t, x0, *, scale: int = 3, ms_per_frame: int = 150) -> str:
-  """Animated GIF: each frame shows every label's x_t (top row) and x̂_0 (bottom)."""
+def reverse_gif(path: str, x_t, x0, *, scale: int = 3, ms_per_frame: int = 150,
+                title: str = "") -> str:
+  """Animated GIF: each frame shows every label's x_t (top row) and x̂_0 (bottom),
+  under `title` if one is given."""
   frames = []
   for f in range(x_t.shape[0]):
     pair = np.concatenate([x_t[f], x0[f]])
     grid = _to_rgb(images.grid(images.to_uint8(pair), rows=2))
-    frames.append(Image.fromarray(np.kron(grid, np.ones((scale, scale, 1), np.uint8))))
+    grid = np.kron(grid, np.ones((scale, scale, 1), np.uint8))
+    frames.append(Image.fromarray(plots.caption(grid, title) if title else grid))
   frames += [frames[-1]] * 5  # Hold the result before looping.
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   gif = io.BytesIO()
@@ -143,21 +146,28 @@ def training_curves(records: list[dict]) -> np.ndarray:
 
 
 def write_all(workdir: str, out_dir: str, *, which: str = "best", labels=None, seed: int = 0,
-              pictures: Sequence[str] = PICTURES, **sampling_overrides) -> list[str]:
+              pictures: Sequence[str] = PICTURES, title: str = "",
+              **sampling_overrides) -> list[str]:
   """Writes the chosen pictures of a workdir's model into out_dir. Returns paths.
-  On several hosts each host runs the sampling (split across them) and the first
-  host alone writes the files."""
-  from jaxddpm import checkpoint, data  # Local: keeps this module light for the API.
+  `labels`: int [B] classes or float [B, K] attributes (default: the first ten
+  classes, or the grid's attribute rows); `title`: a caption above each PNG (the
+  stand-in notice). On several hosts each host runs the sampling (split across
+  them) and the first host alone writes the files."""
+  from jaxddpm import attributes, checkpoint, data  # Local: keeps this module light.
   unknown = sorted(set(pictures) - set(PICTURES))
   if unknown:
     raise ValueError(f"unknown picture(s) {unknown}; choose from {PICTURES}.")
   config = checkpoint.load_config(workdir)
   key = jax.random.key(seed)
   C = config.data.num_classes
-  labels = np.arange(min(C, 10)) if labels is None else np.asarray(labels)
+  if labels is None:
+    labels = (np.arange(min(C, 10)) if config.data.conditioning == "class"
+              else attributes.rows_for(workdir, None, 1, seed)[0])
   labels = np.asarray(sampling.check_labels(labels, C))  # Range and shape, before any work.
   lead = jax.process_index() == 0  # Multi-host: every host samples, the first writes.
   written = []
+  png = lambda path, picture: images.write_png(path, plots.caption(picture, title)
+                                               if title else picture)
 
   def put(name: str, write: Callable[[str], Any]) -> None:
     path = os.path.join(out_dir, name)
@@ -169,7 +179,7 @@ def write_all(workdir: str, out_dir: str, *, which: str = "best", labels=None, s
     records = progress.read_metrics(os.path.join(workdir, "metrics.jsonl")) if os.path.isfile(
         os.path.join(workdir, "metrics.jsonl")) else []
     curves = training_curves(records)
-    put("curves.png", lambda p: images.write_png(p, curves))
+    put("curves.png", lambda p: png(p, curves))
   if "forward" in pictures:
     test = data.load_split(config.data, "test")
     if config.data.conditioning == "class":
@@ -179,17 +189,16 @@ def write_all(workdir: str, out_dir: str, *, which: str = "best", labels=None, s
     T = config.diffusion.num_timesteps
     ts = np.linspace(0, T - 1, 9).round().astype(int)
     strip = forward_strip(schedules_lib.from_config(config.diffusion), test.images[idx], ts, key)
-    put("forward.png", lambda p: images.write_png(p, strip))
+    put("forward.png", lambda p: png(p, strip))
   if "reverse" in pictures or "guidance" in pictures:
     _, params = checkpoint.load_checkpoint(workdir, which=which)
   if "reverse" in pictures:
     x_t, x0, _ = reverse_frames(config, params, labels, key, **sampling_overrides)
-    put("reverse.png", lambda p: images.write_png(p, reverse_strip(x_t, x0)))
-    put("reverse.gif", lambda p: reverse_gif(p, x_t, x0))
+    put("reverse.png", lambda p: png(p, reverse_strip(x_t, x0)))
+    put("reverse.gif", lambda p: reverse_gif(p, x_t, x0, title=title))
   if "guidance" in pictures:
     overrides = {k: v for k, v in sampling_overrides.items() if k != "guidance_scale"}
     sweep = guidance_sweep(config, params, labels, key, GUIDANCE_SCALES, **overrides)
     interval = sampling.resolve_options(config, overrides)["guidance_interval"]
-    put("guidance.png", lambda p: images.write_png(
-        p, guidance_grid(sweep, GUIDANCE_SCALES, interval)))
+    put("guidance.png", lambda p: png(p, guidance_grid(sweep, GUIDANCE_SCALES, interval)))
   return written

@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from jaxddpm import images
+
 COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
           (23, 190, 207), (127, 127, 127))
 _MARGIN = dict(left=58, right=12, top=24, bottom=30)
@@ -115,3 +117,15 @@ def caption(image: np.ndarray, text: str, height: int = 18) -> np.ndarray:
   out.paste(Image.fromarray(image), (0, height))
   ImageDraw.Draw(out).text((2, 3), text, fill=(0, 0, 0))
   return np.asarray(out)
+
+
+def grid_picture(samples, rows: int, captions=(), title: str = "") -> np.ndarray:
+  """uint8 picture of float [-1, 1] samples ordered row by row; each row captioned
+  where `captions` are given, and the whole under `title` where one is."""
+  if captions:
+    per_row = np.split(images.to_uint8(samples), rows)
+    picture = tile([caption(images.grid(r, rows=1), c)
+                   for r, c in zip(per_row, captions)], cols=1, pad=2)
+  else:
+    picture = images.class_grid(samples, rows)
+  return caption(picture, title) if title else picture

@@ -153,6 +153,16 @@ def check_diffusion_config(d) -> None:
                      "set diffusion.prediction to 'v' (recommended) or 'x0'.")
 
 
+FLIP_STREAM = 0x666C6970  # fold_in tag of the flips' key: independent of the loss's draws.
+
+
+def random_flip(images_BHWC: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+  """Each image mirrored left-right with probability ½ (on the device, inside the
+  step: no host work, and the same flips on a resume, since `key` is the step's)."""
+  flip_B = jax.random.bernoulli(key, 0.5, (images_BHWC.shape[0],))
+  return jnp.where(flip_B[:, None, None, None], images_BHWC[:, :, ::-1], images_BHWC)
+
+
 def _loss(model, schedule, d, params, batch, key, train):
   return diffusion.loss_fn(
       _apply_fn(model), params, schedule, to_model_range(batch["image"]), batch["label"], key,
@@ -161,10 +171,14 @@ def _loss(model, schedule, d, params, batch, key, train):
 
 
 def train_step(state: TrainState, batch, key: jax.Array, *, model, schedule, tx,
-               diffusion_config, ema_decay: float):
+               diffusion_config, ema_decay: float, flip: bool = False):
   """One optimizer step. batch: {"image": [B,H,W,C] uint8 or float in [-1,1],
-  "label": int [B] or float [B,K]}. Returns (new state, {"loss", "grad_norm"})."""
+  "label": int [B] or float [B,K]}; `flip`: mirror a random half of the batch
+  (config.data.random_flip). Returns (new state, {"loss", "grad_norm"})."""
   step_key = jax.random.fold_in(key, state.step)
+  if flip:
+    batch = dict(batch, image=random_flip(batch["image"],
+                                          jax.random.fold_in(step_key, FLIP_STREAM)))
   loss, grads = jax.value_and_grad(
       lambda p: _loss(model, schedule, diffusion_config, p, batch, step_key, True))(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -193,6 +207,7 @@ def make_steps(config) -> tuple[Any, schedules_lib.Schedule, optax.GradientTrans
   tx = make_optimizer(config.optim)
   common = dict(model=model, schedule=schedule, diffusion_config=config.diffusion)
   step = xla.jit(functools.partial(train_step, tx=tx, ema_decay=config.optim.ema_decay,
-                                   **common), donate_argnums=(0,))
+                                   flip=bool(config.data.random_flip), **common),
+                 donate_argnums=(0,))
   evaluate = xla.jit(functools.partial(eval_step, **common))
   return model, schedule, tx, step, evaluate

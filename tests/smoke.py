@@ -3,7 +3,8 @@ samplers) and the `:smoke` run the loop, fault, resume, launch and multi-host te
 share.
 
 It is configs/mnist.py:smoke (2 epochs of 512 images, 32 steps) with a one-level
-UNet, on real MNIST digits averaged down to 8x8 and written as IDX files in
+UNet and random flips on (so exact resume, crash safety and hosts against one
+device are checked with flips drawn in the step), on real MNIST digits averaged down to 8x8 and written as IDX files in
 MNIST's own format, so the offline loader reads them as it reads the real set.
 Why so small: the behaviour these tests check (exact resume, crash safety, K steps
 per call, hosts against one device) does not depend on the image or model size,
@@ -22,14 +23,14 @@ import numpy as np
 SIZE = 8
 # launch.py flags for this run; the data folder goes in JAXDDPM_DATA_DIR.
 LAUNCH_ARGS = ("--config", "configs/mnist.py:smoke", f"--config.data.image_size={SIZE}",
-               "--config.model.channel_mults=(1,)")
+               "--config.model.channel_mults=(1,)", "--config.data.random_flip=True")
 
 
 def config(data_dir):
   """configs/mnist.py:smoke as LAUNCH_ARGS set it, reading the small MNIST in data_dir."""
   from configs import mnist
   c = mnist.get_config("smoke")
-  c.data.update(dir=data_dir, image_size=SIZE)
+  c.data.update(dir=data_dir, image_size=SIZE, random_flip=True)
   c.model.channel_mults = (1,)
   return c
 

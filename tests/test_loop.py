@@ -78,17 +78,31 @@ def test_steps_per_dispatch_does_not_change_training(smoke_config, tmp_path, mon
                                                     smoke_reference):
   """K is a speed knob only: 5 steps per call (16-step epochs: chunks of 5, 5, 5
   and a masked 1-of-5) train exactly as 1 step per call (the reference run), and
-  log the same steps."""
-  chunks = []
+  log the same steps; and each chunk has finished before the next is dispatched."""
+  chunks, ready_at_dispatch = [], []
   make_chunk_fn = loop.make_chunk_fn
-  monkeypatch.setattr(loop, "make_chunk_fn", lambda *a, **kw: chunks.append(
-      make_chunk_fn(*a, **kw)) or chunks[-1])
+
+  def recording(*a, **kw):
+    chunks.append(make_chunk_fn(*a, **kw))
+    last = []
+
+    def call(*args):
+      # One chunk in flight at most: the previous one has finished when the next
+      # is dispatched (so an interrupt saves within one chunk's time).
+      ready_at_dispatch.append(all(x.is_ready() for x in jax.tree.leaves(last)))
+      out = chunks[-1](*args)
+      last[:] = [out[1]]
+      return out
+    return call
+
+  monkeypatch.setattr(loop, "make_chunk_fn", recording)
   with smoke_config.unlocked():
     smoke_config.train.steps_per_dispatch = 5
   assert loop.train_and_evaluate(smoke_config, str(tmp_path))["step"] == 32
   # One compile for the whole run: the epoch end's eager updates leave the state
   # placed as the chunk expects (they once cost a second compile, ~1 min on a GPU).
   assert chunks[-1]._top._cache_size() == 1
+  assert len(ready_at_dispatch) == 8 and all(ready_at_dispatch)
   runs = {}
   for k, workdir in ((1, smoke_reference[0]), (5, str(tmp_path))):
     records = progress.read_metrics(os.path.join(workdir, "metrics.jsonl"))

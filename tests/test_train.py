@@ -82,6 +82,35 @@ def test_same_key_same_state(tiny_config):
              zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
 
 
+def test_random_flips_mirror_a_random_half_inside_the_step(tiny_config):
+  """Each image comes out either as it was or mirrored left-right (never anything
+  else), about half of them mirrored, the same ones for the same key; and a step
+  with flips is the plain step on the batch its key mirrors."""
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (64, 8, 8, 1), np.uint8))
+  key = jax.random.key(5)
+  out = np.asarray(train.random_flip(images, key))
+  same = (out == np.asarray(images)).all((1, 2, 3))
+  mirrored = (out == np.asarray(images)[:, :, ::-1]).all((1, 2, 3))
+  assert (same ^ mirrored).all()  # Random images are never their own mirror.
+  assert 16 <= mirrored.sum() <= 48  # Binomial(64, ½): outside this 1 time in 10^4.
+  np.testing.assert_array_equal(np.asarray(train.random_flip(images, key)), out)
+  assert (np.asarray(train.random_flip(images, jax.random.key(6))) != out).any()
+
+  model, schedule, tx, step, _, params = _setup(tiny_config)
+  flip_step = jax.jit(lambda s, b, k: train.train_step(
+      s, b, k, model=model, schedule=schedule, tx=tx, diffusion_config=tiny_config.diffusion,
+      ema_decay=tiny_config.optim.ema_decay, flip=True))
+  fresh = lambda: train.create_train_state(jax.tree.map(jnp.copy, params), tx)
+  batch, k = _batch(tiny_config), jax.random.key(9)
+  flipped = train.random_flip(batch["image"], jax.random.fold_in(jax.random.fold_in(k, 0),
+                                                                 train.FLIP_STREAM))
+  assert (np.asarray(flipped) != np.asarray(batch["image"])).any()
+  a, _ = flip_step(fresh(), batch, k)
+  b, _ = step(fresh(), dict(batch, image=flipped), k)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
 def test_ema_tracks_params(tiny_config):
   # The config's own decay (0.999): the same compiled step as the other tests here.
   _, _, tx, step, _, params = _setup(tiny_config)

@@ -279,7 +279,9 @@ def split_holdout(train_split: data_lib.Split, spec: Spec):
   n = len(train_split)
   if not 0 < spec.holdout < n:
     raise ValueError(f"the classifier's holdout must be in 1..{n - 1} of the {n} train "
-                     f"images, got {spec.holdout}.")
+                     f"images, got {spec.holdout}: set eval.classifier_holdout (in training's "
+                     "--config, or in the run's config.json) to about a fifth of them, and "
+                     "evaluate at most that many samples.")
   held = np.zeros(n, bool)
   held[np.random.default_rng(spec.seed).permutation(n)[:spec.holdout]] = True
   return train_split.subset(~held), train_split.subset(held)
