@@ -18,7 +18,7 @@ bounded memory). The sets are small enough at that size (at most a few GB of
 uint8) to live on the device whole.
 
 A folder holding a file named STAND-IN.txt is generated stand-in data in an
-official layout (bench/standin_data.py): its splits say so (`Split.stand_in`),
+official layout (`jaxddpm/standin.py`): its splits say so (`Split.stand_in`),
 and so does every output made from them.
 """
 

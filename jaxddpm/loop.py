@@ -89,6 +89,18 @@ def _chunk_length(step: int, steps_per_epoch: int, total: int, K: int) -> int:
   return min(K - offset % K, steps_per_epoch - offset, total - step)
 
 
+def _eval_batch_size(wanted: int, num_val: int) -> int:
+  """train.eval_batch_size, or the largest multiple of the device count that the
+  validation set fills when it is smaller (a small data set's val_fraction):
+  checked before training, not at the first epoch end."""
+  devices = jax.device_count()
+  size = min(wanted, num_val // devices * devices)
+  if size < 1:
+    raise ValueError(f"the validation set holds {num_val} images, fewer than the "
+                     f"{devices} device(s): raise data.val_fraction.")
+  return size
+
+
 def _check_train_config(config) -> None:
   t = config.train
   for name in ("batch_size", "steps_per_dispatch", "eval_batch_size", "log_every_steps",
@@ -154,6 +166,7 @@ def _train(config, workdir: str) -> dict:
     raise ValueError(f"{len(splits['train'])} training images are fewer than "
                      f"train.batch_size={B}.")
   total = config.train.num_steps or config.train.num_epochs * steps_per_epoch
+  eval_batch = _eval_batch_size(config.train.eval_batch_size, len(splits["val"]))
 
   model, schedule, tx, step_fn, eval_fn = make_steps(config)
   plateau = make_plateau(config.optim)
@@ -233,7 +246,7 @@ def _train(config, workdir: str) -> dict:
       if at_epoch_end:
         t_val = time.perf_counter()
         val = validation_loss(eval_fn, state.params, val_x, val_y,
-                              config.train.eval_batch_size, val_key, mesh)
+                              eval_batch, val_key, mesh)
         t_val = time.perf_counter() - t_val
         state, improved = end_epoch(state, val, plateau)
         bad_epochs = int(state.bad_epochs)

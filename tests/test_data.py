@@ -341,3 +341,20 @@ def test_tfds_tfrecord_reads_without_tensorflow(tmp_path):
   builder.info.file_format = "parquet"
   with pytest.raises(ValueError, match="reads array_record or tfrecord"):
     tfds_source._examples(builder, "train")
+
+
+def test_preparing_without_tensorflow_says_how(tmp_path, monkeypatch):
+  """Online, nothing prepared, TFDS's download_and_prepare needs TensorFlow: the
+  error says to install it or prepare the data elsewhere, in one line."""
+  import tensorflow_datasets as tfds
+  monkeypatch.delenv(data.ENV_VAR, raising=False)
+  monkeypatch.setattr(data, "SYSTEM_DIRS", {})
+  monkeypatch.setattr(tfds_source, "_reachable", lambda url, timeout=5.0: True)
+
+  def needs_tf(self, **kwargs):
+    raise ModuleNotFoundError("No module named 'tensorflow'")
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", needs_tf)
+  cfg = _data_config(dataset="cifar10", tfds_dir=str(tmp_path), image_size=32, channels=3)
+  with pytest.raises(ValueError, match="needs TensorFlow.*pip install tensorflow-cpu") as e:
+    data.load_split(cfg, "train")
+  assert "\n" not in str(e.value) and "cifar-10-python.tar.gz" in str(e.value)

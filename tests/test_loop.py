@@ -378,3 +378,12 @@ def test_chunks_stop_at_multiples_of_k_epoch_ends_and_the_end():
     resumed.append(loop._chunk_length(step, steps_per_epoch, total, K))
     step += resumed[-1]
   assert resumed == lengths[2:]
+
+
+def test_a_small_validation_set_shrinks_the_eval_batch_before_training():
+  """A stand-in CelebA's 340 validation images once failed the first epoch end,
+  after minutes of training, against eval_batch_size=500."""
+  assert loop._eval_batch_size(500, 340) == 340
+  assert loop._eval_batch_size(500, 1000) == 500
+  with pytest.raises(ValueError, match="raise data.val_fraction"):
+    loop._eval_batch_size(100, 0)
