@@ -206,6 +206,8 @@ def _train(config, workdir: str) -> dict:
   grid = _grid_labels(config, splits["train"])
   evaluator = _make_evaluator(config)
   log = progress.MetricsLog(os.path.join(workdir, "metrics.jsonl"), writer=lead)
+  if splits["train"].stand_in:
+    log.write(step=int(state.step), event="data", dataset=config.data.dataset, stand_in=True)
   if resuming:
     log.write(step=int(state.step), event="resume", damaged=damaged,
               changed={k: list(v) for k, v in sorted(changed.items())})

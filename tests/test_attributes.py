@@ -118,6 +118,8 @@ def test_an_attribute_run_is_evaluated_per_attribute(attribute_run):
   assert result["metrics"]["conditional_accuracy"] == pytest.approx(np.mean(list(per.values())))
   assert set(result["floor"]["attribute_accuracy"]) == set(per)
   assert result["data"] == {"dataset": "celeb_a", "stand_in": True}
+  records = [json.loads(line) for line in open(os.path.join(attribute_run, "metrics.jsonl"))]
+  assert records[0]["event"] == "data" and records[0]["stand_in"] is True
   with open(result["path"]) as f:
     assert json.load(f)["data"]["stand_in"] is True
 
