@@ -57,7 +57,8 @@ def pytest_unconfigure(config):
 # workers in collection order, and a long file started last keeps one worker busy
 # while the other idles.
 SLOW_FILES = ("test_loop.py", "test_parallel.py", "test_launch.py", "test_sampling.py",
-              "test_faults.py", "test_models.py", "test_train.py", "test_conv.py")
+              "test_faults.py", "test_attributes.py", "test_models.py", "test_train.py",
+              "test_conv.py")
 
 
 def pytest_collection_modifyitems(items):

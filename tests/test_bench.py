@@ -36,6 +36,9 @@ def _bench(script, args, monkeypatch, capsys):
     ("spacing.py", ["--steps", "20,x"], "--steps: comma-separated"),
     ("spacing.py", ["--guidance", "1.5,x"], "--guidance: comma-separated"),
     ("spacing.py", ["--guidance", "-1"], "--guidance: scales must be > 0"),
+    ("real_shapes.py", ["--configs", "svhn"], "no configs/svhn.py"),
+    ("real_shapes.py", ["--steps", "0"], "--steps >= 1"),
+    ("data_load.py", ["--n", "5"], "--n must be >= 100"),
 ])
 def test_bad_options_are_one_line_errors(script, args, message, monkeypatch, capsys):
   code, err = _bench(script, args, monkeypatch, capsys)
