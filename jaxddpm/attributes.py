@@ -18,6 +18,7 @@ unnamed attributes are drawn independently at their frequencies.
 
 from __future__ import annotations
 
+import difflib
 import io
 import json
 import os
@@ -73,7 +74,10 @@ def parse(request: str, names) -> dict[int, bool]:
       continue
     name, value = (item[1:], False) if item.startswith("-") else (item.lstrip("+"), True)
     if name.lower() not in index:
-      raise ValueError(f"unknown attribute {name!r}; the attributes are: {', '.join(names)}.")
+      close = difflib.get_close_matches(name.lower(), list(index), n=1)
+      hint = f" (did you mean {names[index[close[0]]]!r}?)" if close else ""
+      raise ValueError(f"unknown attribute {name!r}{hint}; the attributes are: "
+                       f"{', '.join(names)}.")
     i = index[name.lower()]
     if wanted.get(i, value) != value:
       raise ValueError(f"attribute {names[i]!r} is asked for both with and without.")

@@ -15,7 +15,8 @@ NAMES = ("Smiling", "Male", "Eyeglasses", "Beard")
 
 def test_parse_names_and_negations():
   assert attributes.parse("Smiling,-male, EYEGLASSES", NAMES) == {0: True, 1: False, 2: True}
-  with pytest.raises(ValueError, match="unknown attribute 'Smilling'.*Smiling, Male"):
+  with pytest.raises(ValueError, match="unknown attribute 'Smilling' .did you mean 'Smiling'.*"
+                                       "Smiling, Male"):
     attributes.parse("Smilling", NAMES)
   with pytest.raises(ValueError, match="both with and without"):
     attributes.parse("Male,-Male", NAMES)
