@@ -203,7 +203,7 @@ def _train(config, workdir: str) -> dict:
   K = config.train.steps_per_dispatch
   chunk_fn = make_chunk_fn(step_fn, B, mesh, K)  # The jitted step inlines into the scan.
   sampler = sampling.make_sampler(config, with_stats=True)
-  grid = _grid_labels(config, splits["train"])
+  grid = _grid_rows(config, splits["train"])
   evaluator = _make_evaluator(config)
   log = progress.MetricsLog(os.path.join(workdir, "metrics.jsonl"), writer=lead)
   if splits["train"].stand_in:
@@ -431,7 +431,7 @@ def _flush_metrics(pending, log, bar, ckpt, state, lr_at, t0, step0, B):
   bar.update(step, loss=record["loss"], lr=lr)
 
 
-def _grid_labels(config, train_split):
+def _grid_rows(config, train_split):
   """(labels, row captions, title) of the sample grid: one row per class, or for
   attribute data one row per request of `attributes.grid_requests` (captioned),
   the unnamed attributes drawn from the training faces."""
