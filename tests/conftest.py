@@ -44,6 +44,11 @@ def pytest_configure(config):
     config.stash[_OWNED] = folder
   os.environ["JAXDDPM_CACHE_DIR"] = folder
   jax.config.update("jax_compilation_cache_dir", os.path.join(folder, "xla"))
+  # Cache every program, not only those that took over a second to compile (JAX's
+  # default): the tests' small programs are compiled again by each worker and
+  # each launch.py subprocess (which inherit the variable) otherwise.
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def pytest_unconfigure(config):
