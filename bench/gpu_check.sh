@@ -1,35 +1,29 @@
 #!/usr/bin/env bash
-# The GPU checks of the quality and speed issues, sized for one lent device session
-# (15 minutes of device time in all, starts included; 10 minutes per command).
+# The GPU checks (quality, speed, checkpoints, real shapes), sized for one lent GPU:
+# 15 minutes of device time in all, starts included; 10 minutes per command.
 #
 #   STEPS=quality DATASETS=fmnist EPOCHS=15 bash bench/gpu_check.sh  # one dataset
 #   STEPS=throughput bash bench/gpu_check.sh                         # ~4-5 min
 #   STEPS=checkpoint bash bench/gpu_check.sh                         # ~1 min
 #   STEPS=shapes bash bench/gpu_check.sh     # CIFAR-10 / CelebA GPU configs, ~3-4 min
 #
-# The nineteenth session's call (515 s of a 652-s lease: all 30 epochs in 306 s,
-# ~90 s of it to the first step, then issue 4's GPU targets in the six settings of
-# sweep `targets`, ~200 s; a timeout keeps the settings done):
+# Fits one 10-minute call (all 30 epochs in ~306 s, ~90 s of it to the first step,
+# then the six settings of sweep `targets` in ~200 s; a timeout keeps those done):
 #   STEPS=quality DATASETS=fmnist EPOCHS=30 TRAIN_TIMEOUT=320 QUALITY_TIMEOUT=240 \
 #     SWEEPS=targets bash bench/gpu_check.sh
-# Suggested next: the same for MNIST (DATASETS=mnist): its GPU config is measured
-# with the first evaluator only (since the eighteenth session the floor is held-out
-# images; compare only settings measured with the same evaluator), and with
-# DDIM-50 only. Train its classifier here first (~2.5-5 min on 2 cores, below).
-# A warm machine keeps runs/ (git-ignored) between calls: within its idle window
-# (status: idle_release_s) a second call can evaluate more settings of the same
-# model without training it again, e.g.
+# A warm machine keeps runs/ (git-ignored) between calls: within its idle window a
+# second call can evaluate more settings of the same model without training again:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl;
 #   PYTHONPATH=/tmp/site:$PWD JAXDDPM_DATA_DIR=$PWD/.data JAXDDPM_CACHE_DIR=$PWD/.jcache \
 #     python3 bench/quality.py --workdir runs/gpu_fmnist --num_samples 10000 \
 #     --batch_size 2500 --sweeps guidance_early
-# or 15 epochs and more settings (~300 s of training, then 7 settings):
+# Other calls that fit: 15 epochs and 7 settings (~300 s of training):
 #   STEPS=quality DATASETS=fmnist EPOCHS=15 TRAIN_TIMEOUT=300 QUALITY_TIMEOUT=270 \
 #     SWEEPS=default,guidance_fine,guidance_interval bash bench/gpu_check.sh
-# or, for autoguidance within the same limit (~250 s model, ~150 s guide, 4 settings):
+# autoguidance (~250 s model, ~150 s guide, 4 settings):
 #   STEPS=quality DATASETS=mnist EPOCHS=15 TRAIN_TIMEOUT=250 GUIDE=1 GUIDE_TIMEOUT=150 \
 #     QUALITY_TIMEOUT=180 SWEEPS=default bash bench/gpu_check.sh
-# or Fashion-MNIST and the torch.compile comparison in one call (the eighth session's):
+# Fashion-MNIST and the torch.compile comparison:
 #   STEPS="quality throughput" DATASETS=fmnist EPOCHS=12 TRAIN_TIMEOUT=215 \
 #     QUALITY_TIMEOUT=140 SWEEPS=default,guidance_fine TP_TIMEOUT=220 FP32_TIMEOUT=0 \
 #     bash bench/gpu_check.sh
@@ -42,38 +36,35 @@
 #   default, ~90 steps/s against ~38 with 1), NO_AUTOTUNE=1, TRAIN_TIMEOUT; for
 #   bench/quality.py SWEEPS (e.g. default,guidance_fine,guidance_interval: guidance
 #   1, 1.5 and 2, then guidance only for sigma in an interval, at ~15-30 s each on
-#   the default UNet; eta: DDIM's eta 0, 0.5, 1, untried on a GPU model) and
-#   QUALITY_TIMEOUT. GUIDE=1 also trains an autoguidance
-#   guide after each model (the same config at half the width, GUIDE_EPOCHS epochs,
-#   default max(1, EPOCHS/4), within GUIDE_TIMEOUT s) and adds the autoguidance
-#   sweep (guidance 2, 2.5 and 3 with that guide) to SWEEPS.
-#   Budget from the fifth session (docs/RESULTS.md): ~70 s to compile the train
-#   step (one chunk program for any K since then: the short chunk at an epoch's end
-#   runs it masked), ~60 s for the validation step, ~5-6 s per epoch end, ~45 s for
-#   the 10,000-sample evaluation. metrics.jsonl now times epoch ends and checkpoints
-#   (val_seconds, checkpoint_seconds, wall_time): read them first.
-#   Eighth session (H200, Fashion-MNIST, K=8): 72 s to step 104, then 94 steps/s;
-#   ~2-3 s of checkpoint writing per epoch end; 12 epochs in 167 s; the end-of-run
-#   grid's sampler compile took over 27 s (not isolated): allow ~45 s after training.
-#   Two datasets side by side with K=8 and autotuning off did not reach step 104
-#   in 300 s there (cause not isolated): try one dataset first.
+#   the default UNet; eta: DDIM's eta 0, 0.5, 1) and QUALITY_TIMEOUT. GUIDE=1 also
+#   trains an autoguidance guide after each model (the same config at half the
+#   width, GUIDE_EPOCHS epochs, default max(1, EPOCHS/4), within GUIDE_TIMEOUT s)
+#   and adds the autoguidance sweep (guidance 2, 2.5 and 3 with that guide).
+#   Budget (H200, Fashion-MNIST, K=8; docs/RESULTS.md, "One GPU"): ~70 s to compile
+#   the train chunk, ~60 s the validation step, 72 s to step 104, then 94 steps/s;
+#   ~2-3 s of checkpoint writing and ~5-6 s per epoch end; 12 epochs in 167 s; the
+#   end-of-run grid's sampler compile over 27 s: allow ~45 s after training;
+#   ~45 s for the 10,000-sample evaluation. metrics.jsonl times epoch ends and
+#   checkpoints (val_seconds, checkpoint_seconds, wall_time): read them first. Two
+#   datasets side by side with K=8 and autotuning off did not reach step 104 in
+#   300 s (cause not isolated): try one dataset first.
 # throughput: TemplateUNet small, batch 1024: jaxddpm against PyTorch eager and
 #   torch.compile in bf16 (autocast) with the 10,000-sample DDIM-50+CFG time, then
 #   float32 against PyTorch eager. Autotuning on (XLA's default), as users run it.
+# shapes: bench/real_shapes.py at each config's own batch, 20 steps.
 #
 # Needs, carried (all git-ignored): .data/{mnist,fashion-mnist}/ (copies of
 # ../shared/data/*), .whl/ (the ml_collections wheel, see the device README) and
 # .jcache/classifiers/ (a copy of ~/.cache/jaxddpm/classifiers after the evaluator
 # classifiers were trained on the CPU, e.g. by bench/quality.py: keyed by dataset
-# and recipe; since the eighteenth session's evaluator, fashion_mnist_28px_v1_f0bb101921
-# and mnist_28px_v1_e4858d1c0d). With JAXDDPM_CACHE_DIR=$PWD/.jcache, this trains
-# Fashion-MNIST's in ~19 min on 2 Intel Xeon cores, 44 on the AMD EPYC (the smoke
-# classifiers there do not count):
+# and recipe, e.g. fashion_mnist_28px_v1_f0bb101921 and mnist_28px_v1_e4858d1c0d).
+# With JAXDDPM_CACHE_DIR=$PWD/.jcache, this trains Fashion-MNIST's in ~19 min on 2
+# Intel Xeon cores, 44 on the AMD EPYC (the smoke classifiers there do not count):
 #   python -c "from configs import fmnist; from jaxddpm.metrics import classifier;
 #              classifier.load_or_train(fmnist.get_config().data)"
 # Results come back as $OUT/quality.tar (logs, metrics, grids, tables),
-# $OUT/throughput.md, $OUT/checkpoint.md and $OUT/shapes.md. SMOKE=1 runs the same pipeline on
-# :smoke configs (CPU).
+# $OUT/throughput.md, $OUT/checkpoint.md and $OUT/shapes.md. SMOKE=1 runs the same
+# pipeline on :smoke configs (CPU).
 set -uo pipefail
 STEPS="${STEPS:-quality}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }

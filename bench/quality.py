@@ -42,7 +42,7 @@ SWEEPS = {
     "guidance": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=s, **PLAIN)
                                   for s in (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)],
     # Around guidance 2 (the :cpu configs' default), for the Frechet distance of strong
-    # models (issue 4's GPU target): guidance trades distance for accuracy.
+    # models: guidance trades distance for accuracy.
     "guidance_fine": lambda c, guide: [dict(sampler="ddim", steps=50, guidance_scale=s, **PLAIN)
                                        for s in (1.0, 1.5, 2.0)],
     # Below the default, where a strong model's distance is lowest (the GPU Fashion-MNIST
@@ -72,15 +72,15 @@ SWEEPS = {
         for s in (1.25, 1.5)],
     # Has the sampler converged? On the Fashion-MNIST GPU model DDIM-50 had not (DDIM-100
     # at guidance 1: 1.95 against 2.75): more steps at guidance 1, where the distance is
-    # lowest, and DDIM-250 at guidance 2, the reference of issue 4's DPM-Solver++ target.
+    # lowest, and DDIM-250 at guidance 2, the reference DPM-Solver++ is measured against.
     "converged": lambda c, guide: [
         dict(sampler=s, steps=n, guidance_scale=g, **PLAIN)
         for s, n, g in (("dpmpp_2m", 20, 1.0), ("ddim", 250, 1.0), ("dpmpp_2m", 50, 1.0),
                         ("ddim", 250, 2.0))
         if n <= c.diffusion.num_timesteps],
-    # The same question at the config's own guidance (since the fourteenth session a
-    # scale in an interval on the GPU configs): DDIM-250 there is also the reference
-    # of issue 4's DPM-Solver++ target at that guidance (dpm_steps gives DPM++ 10, 20).
+    # The same question at the config's own guidance (a scale in an interval on the
+    # GPU configs): DDIM-250 there is also DPM-Solver++'s reference at that guidance
+    # (dpm_steps gives DPM++ 10, 20).
     "converged_default": lambda c, guide: [
         dict(sampler=s, steps=n) for s, n in (("ddim", 250), ("dpmpp_2m", 50), ("ddim", 100))
         if n <= c.diffusion.num_timesteps],
@@ -97,7 +97,7 @@ SWEEPS = {
         dict(sampler="dpmpp_2m", steps=20, spacing="logsnr", guidance_scale=1.0, **PLAIN)] + [
         dict(sampler="dpmpp_2m", steps=50, spacing="logsnr")
         for _ in range(50 <= c.diffusion.num_timesteps)],
-    # Issue 4's three GPU targets in the fewest settings, most needed first (a device
+    # The GPU quality checks in the fewest settings, most needed first (a device
     # call's timeout keeps the settings done): the config's default (accuracy and
     # distance), DPM-Solver++ 20 with log-SNR steps against its reference DDIM-250,
     # then unguided DDIM-250, the lowest distance measured on the GPU models, then
