@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 from exact_denoiser import (exact_dpm_solver_moments, exact_sampler_moments,  # noqa: E402
                             interval_cfg_affine)
 from configs import base  # noqa: E402
-from jaxddpm import data, guidance, sampling, schedules  # noqa: E402
+from jaxddpm import data, sampling, schedules  # noqa: E402
 
 CONFIGS = {"mnist": "configs/mnist.py", "fmnist": "configs/fmnist.py"}
 

@@ -51,7 +51,6 @@ FOLDERS = {
     "celeb_a": ("celeb_a", "celeba"),
 }
 SYSTEM_DIRS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",)}
-NATIVE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "celeb_a": None}
 
 
 @dataclasses.dataclass(frozen=True)
