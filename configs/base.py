@@ -53,6 +53,11 @@ def get_config(arg=None):
   diffusion.prediction = "v"  # What the model predicts: eps | x0 | v.
   diffusion.loss_weighting = "min_snr"  # uniform | min_snr.
   diffusion.min_snr_gamma = 5.0  # γ for min_snr weighting; 1-20.
+  # Which noise levels training sees: uniform (every timestep equally) | lognormal
+  # (ln σ ~ N(lognormal_mean, lognormal_std²), σ = sqrt((1-ᾱ)/ᾱ), as EDM trains).
+  diffusion.noise_levels = "uniform"
+  diffusion.lognormal_mean = -1.2  # EDM's P_mean; -1.5 to -0.5.
+  diffusion.lognormal_std = 1.2  # EDM's P_std; 1-2.
   diffusion.p_uncond = 0.1  # CFG label-dropout probability in training; 0.1-0.2.
 
   config.sampling = sampling = ml_collections.ConfigDict()
@@ -96,7 +101,11 @@ def get_config(arg=None):
   optim.weight_decay = 0.0  # AdamW decoupled weight decay; 0-0.05.
   optim.grad_clip = 1.0  # Clip gradients to this global norm; 0 disables.
   optim.warmup_steps = 500  # Linear LR warmup; 0 disables.
+  optim.decay_steps = 0  # > 0: cosine decay of the lr, reaching 0 at this step; 0 = constant.
   optim.ema_decay = 0.9995  # EMA of params used for sampling; 0.999-0.9999.
+  # > 0: a power-function EMA instead (Karras et al. 2024) averaging this share of
+  # the run so far (its profile's std, σ_rel; 0.05-0.2), whatever the run's length.
+  optim.ema_std = 0.0
   optim.plateau_factor = 0.5  # ReduceLROnPlateau: multiply the lr by this; 0.1-0.5.
   optim.plateau_patience = 3  # ... after this many epochs without val improvement.
   optim.plateau_cooldown = 0  # ... then wait this many epochs before counting again.

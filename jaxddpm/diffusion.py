@@ -19,6 +19,7 @@ from jaxddpm import schedules as schedules_lib
 
 PREDICTIONS = ("eps", "x0", "v")
 WEIGHTINGS = ("uniform", "min_snr")
+NOISE_LEVELS = ("uniform", "lognormal")
 
 
 def check_prediction(prediction: str) -> None:
@@ -97,6 +98,28 @@ def loss_weight(alpha_bar_B: jnp.ndarray, prediction: str, weighting: str,
   return capped / (snr + 1.0)
 
 
+def draw_timesteps(key: jax.Array, schedule: schedules_lib.Schedule, batch_size: int,
+                   noise_levels: str = "uniform",
+                   lognormal: tuple[float, float] = (-1.2, 1.2)) -> jnp.ndarray:
+  """Training timesteps t, int [B].
+
+  uniform: every t of the schedule equally often.
+  lognormal: ln σ ~ N(mean, std²) in the noise level σ = sqrt((1-ᾱ)/ᾱ), as EDM
+  trains (Karras et al. 2022: mean -1.2, std 1.2), rounded up to the first step
+  whose σ_t is at least the draw (clipped to the last). This spends the steps on
+  the middle noise levels, where the denoiser has most to learn.
+  """
+  if noise_levels == "uniform":
+    return jax.random.randint(key, (batch_size,), 0, schedule.num_steps)
+  if noise_levels != "lognormal":
+    raise ValueError(f"unknown noise_levels {noise_levels!r}; choose one of {NOISE_LEVELS}.")
+  ab = schedule.alpha_bars
+  log_sigma_T = 0.5 * (jnp.log1p(-ab) - jnp.log(ab))  # Increasing in t.
+  log_sigma_B = lognormal[0] + lognormal[1] * jax.random.normal(key, (batch_size,))
+  t = jnp.searchsorted(log_sigma_T, log_sigma_B)
+  return jnp.minimum(t, schedule.num_steps - 1).astype(jnp.int32)
+
+
 def label_mask(key: jax.Array, batch_size: int, p_uncond: float) -> jnp.ndarray:
   """CFG label dropout: True keeps the label, False trains the unconditional model."""
   return jax.random.uniform(key, (batch_size,)) >= p_uncond
@@ -114,6 +137,8 @@ def loss_fn(
     weighting: str = "uniform",
     min_snr_gamma: float = 5.0,
     p_uncond: float = 0.1,
+    noise_levels: str = "uniform",
+    lognormal: tuple[float, float] = (-1.2, 1.2),
     train: bool = True,
 ) -> jnp.ndarray:
   """Mean weighted MSE of the denoising objective on one batch.
@@ -122,14 +147,13 @@ def loss_fn(
     apply_fn: `apply_fn(params, x_t, t, labels, use_labels, train=..., rngs=...)`.
     images: float [B,H,W,C] in [-1, 1].
     labels: int [B] class indices or float [B,K] multi-hot attributes.
-    key: draws t, ε, the CFG label mask and dropout.
+    key: draws t (see `draw_timesteps`), ε, the CFG label mask and dropout.
   Returns:
     Scalar float32 loss.
   """
   B = images.shape[0]
   k_t, k_noise, k_mask, k_drop = jax.random.split(key, 4)
-  T = schedule.num_steps
-  t = jax.random.randint(k_t, (B,), 0, T)
+  t = draw_timesteps(k_t, schedule, B, noise_levels, lognormal)
   noise = jax.random.normal(k_noise, images.shape, jnp.float32)
   x_t = q_sample(schedule, images, t, noise)
   use_labels = label_mask(k_mask, B, p_uncond)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxddpm import diffusion, models, xla
@@ -38,7 +39,11 @@ class TrainState:
 
 
 def lr_schedule(optim) -> optax.Schedule:
-  """Linear warmup to optim.lr (constant without warmup); before plateau scaling."""
+  """Linear warmup to optim.lr, then constant, or with optim.decay_steps > 0 a cosine
+  decay that reaches 0 at that step; before plateau scaling."""
+  if optim.decay_steps > 0:
+    return optax.warmup_cosine_decay_schedule(0.0, optim.lr, optim.warmup_steps,
+                                              optim.decay_steps, end_value=0.0)
   if optim.warmup_steps > 0:
     return optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
   return optax.constant_schedule(optim.lr)
@@ -58,6 +63,12 @@ def make_optimizer(optim) -> optax.GradientTransformation:
   if not 0.0 <= optim.ema_decay < 1.0:  # ema_decay 1 would never move from the init.
     raise ValueError(f"optim.ema_decay must be in [0, 1) (0.999-0.9999 usual), got "
                      f"{optim.ema_decay}.")
+  if not 0.0 <= optim.ema_std < 0.288:  # sqrt(1/12): the widest power profile, γ = 0.
+    raise ValueError(f"optim.ema_std must be in [0, 0.288) (0.05-0.2 usual; 0 = use "
+                     f"optim.ema_decay), got {optim.ema_std}.")
+  if optim.decay_steps and optim.decay_steps <= optim.warmup_steps:
+    raise ValueError(f"optim.decay_steps ({optim.decay_steps}) must be 0 (no decay) or more "
+                     f"than optim.warmup_steps ({optim.warmup_steps}).")
   lr = lr_schedule(optim)
   if optim.optimizer == "adam":
     opt = optax.adam(lr, b1=optim.b1, b2=optim.b2)
@@ -119,10 +130,28 @@ def end_epoch(state: TrainState, val_loss, plateau) -> tuple[TrainState, bool]:
       bad_epochs=jnp.zeros((), jnp.int32) if improved else state.bad_epochs + 1), improved
 
 
-def ema_update(ema, params, step: jnp.ndarray, decay: float):
-  """EMA with warmup: the effective decay min(decay, (1+n)/(10+n)) lets the
-  average track the fast early changes instead of remembering the init."""
-  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+def power_ema_gamma(std: float) -> float:
+  """Exponent γ of the power-function EMA whose averaging profile t^γ on [0, 1] has
+  standard deviation `std` (Karras et al. 2024): the root of
+  std² = (γ+1) / ((γ+2)² (γ+3)), a cubic in γ."""
+  r = std ** -2.0
+  return float(max(np.roots([1.0, 7.0, 16.0 - r, 12.0 - r]).real))
+
+
+def ema_update(ema, params, step: jnp.ndarray, decay: float, std: float = 0.0):
+  """One EMA update after optimizer step `step` (0-based).
+
+  std > 0: the power-function EMA, decay (1 - 1/(step+1))^(γ+1). It averages
+  params with weights ∝ t^γ over the run so far, so its window is a fixed share
+  (`std`) of the run whether that is 1,000 steps or 100,000.
+  std = 0: the fixed `decay`, warmed up as min(decay, (1+n)/(10+n)) so that the
+  average tracks the fast early changes instead of remembering the init.
+  """
+  n = jnp.asarray(step, jnp.float32)
+  if std > 0:
+    d = (1.0 - 1.0 / (n + 1.0)) ** (power_ema_gamma(std) + 1.0)
+  else:
+    d = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
   return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
 
@@ -148,6 +177,11 @@ def check_diffusion_config(d) -> None:
     raise ValueError(f"diffusion.p_uncond must be in [0, 1], got {d.p_uncond}.")
   if d.loss_weighting == "min_snr" and not d.min_snr_gamma > 0:
     raise ValueError(f"diffusion.min_snr_gamma must be > 0 (5 usual), got {d.min_snr_gamma}.")
+  if d.noise_levels not in diffusion.NOISE_LEVELS:
+    raise ValueError(f"unknown diffusion.noise_levels {d.noise_levels!r}; "
+                     f"choose one of {diffusion.NOISE_LEVELS}.")
+  if not d.lognormal_std > 0:
+    raise ValueError(f"diffusion.lognormal_std must be > 0 (1.2 usual), got {d.lognormal_std}.")
   if d.zero_terminal_snr and d.prediction == "eps":
     raise ValueError("zero_terminal_snr makes eps-prediction undefined at the last step; "
                      "set diffusion.prediction to 'v' (recommended) or 'x0'.")
@@ -167,11 +201,12 @@ def _loss(model, schedule, d, params, batch, key, train):
   return diffusion.loss_fn(
       _apply_fn(model), params, schedule, to_model_range(batch["image"]), batch["label"], key,
       prediction=d.prediction, weighting=d.loss_weighting, min_snr_gamma=d.min_snr_gamma,
-      p_uncond=d.p_uncond, train=train)
+      p_uncond=d.p_uncond, noise_levels=d.noise_levels,
+      lognormal=(d.lognormal_mean, d.lognormal_std), train=train)
 
 
 def train_step(state: TrainState, batch, key: jax.Array, *, model, schedule, tx,
-               diffusion_config, ema_decay: float, flip: bool = False):
+               diffusion_config, ema_decay: float, ema_std: float = 0.0, flip: bool = False):
   """One optimizer step. batch: {"image": [B,H,W,C] uint8 or float in [-1,1],
   "label": int [B] or float [B,K]}; `flip`: mirror a random half of the batch
   (config.data.random_flip). Returns (new state, {"loss", "grad_norm"})."""
@@ -185,7 +220,8 @@ def train_step(state: TrainState, batch, key: jax.Array, *, model, schedule, tx,
   updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)  # Plateau-reduced lr.
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params,
-                            ema_params=ema_update(state.ema_params, params, state.step, ema_decay),
+                            ema_params=ema_update(state.ema_params, params, state.step,
+                                                  ema_decay, ema_std),
                             opt_state=opt_state)
   return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
@@ -207,6 +243,7 @@ def make_steps(config) -> tuple[Any, schedules_lib.Schedule, optax.GradientTrans
   tx = make_optimizer(config.optim)
   common = dict(model=model, schedule=schedule, diffusion_config=config.diffusion)
   step = xla.jit(functools.partial(train_step, tx=tx, ema_decay=config.optim.ema_decay,
+                                   ema_std=config.optim.ema_std,
                                    flip=bool(config.data.random_flip), **common),
                  donate_argnums=(0,))
   evaluate = xla.jit(functools.partial(eval_step, **common))

@@ -35,6 +35,8 @@ def _checks():
     ("model.num_res_blocks", 0, "model"), ("model.dropout", 1.5, "model"),
     ("diffusion.min_snr_gamma", -1.0, "diffusion"), ("optim.weight_decay", -1.0, "optim"),
     ("optim.b2", 1.0, "optim"), ("optim.ema_decay", 1.5, "optim"),
+    ("optim.ema_std", 0.3, "optim"), ("optim.decay_steps", -1, "optim"),
+    ("diffusion.noise_levels", "beta", "diffusion"), ("diffusion.lognormal_std", 0.0, "diffusion"),
     ("optim.plateau_patience", -1, "plateau"), ("optim.plateau_min_scale", 0.0, "plateau"),
     ("train.num_steps", -1, "train"), ("train.early_stopping_patience", -1, "train"),
     ("data.max_train_examples", -1, "data")])

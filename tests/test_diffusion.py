@@ -78,6 +78,30 @@ def test_min_snr_weights_agree_across_parameterisations():
     diffusion.loss_weight(ab, "eps", "p2")
 
 
+def test_lognormal_noise_levels_follow_the_normal_cdf():
+  """EDM's draw: ln σ_t ~ N(-1.2, 1.2²), rounded up to the schedule's grid. The
+  share of draws at or below each grid level σ_t must be Φ((ln σ_t + 1.2)/1.2)
+  (math.erf, not the code), within sampling error."""
+  import math
+  s = schedules.cosine(1000)
+  t = np.asarray(diffusion.draw_timesteps(jax.random.key(0), s, 200_000, "lognormal",
+                                          (-1.2, 1.2)))
+  ab = np.asarray(s.alpha_bars, np.float64)
+  log_sigma = 0.5 * np.log((1 - ab) / ab)
+  for k in (100, 300, 500, 700, 900):
+    phi = 0.5 * (1 + math.erf((log_sigma[k] + 1.2) / (1.2 * math.sqrt(2))))
+    assert (t <= k).mean() == pytest.approx(phi, abs=0.004), k
+  assert t.min() >= 0 and t.max() <= 999
+  # Uniform draws cover the schedule evenly.
+  u = np.asarray(diffusion.draw_timesteps(jax.random.key(1), s, 100_000))
+  assert abs(u.mean() - 499.5) < 3 and u.min() == 0 and u.max() == 999
+
+
+def test_unknown_noise_levels():
+  with pytest.raises(ValueError, match="noise_levels"):
+    diffusion.draw_timesteps(jax.random.key(0), schedules.cosine(10), 4, "beta")
+
+
 def test_label_mask_rate():
   m = diffusion.label_mask(jax.random.key(0), 20000, 0.2)
   assert m.dtype == jnp.bool_

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -126,6 +127,51 @@ def test_ema_tracks_params(tiny_config):
   ema, new = {"w": jnp.float32(2.0)}, {"w": jnp.float32(4.0)}
   assert float(train.ema_update(ema, new, jnp.float32(100), 0.5)["w"]) == 3.0
   assert float(train.ema_update(ema, new, jnp.float32(0), 0.5)["w"]) == np.float32(0.1 * 2 + 0.9 * 4)
+
+
+@pytest.mark.parametrize("std", [0.05, 0.1, 0.2])
+def test_power_ema_gamma_matches_profile_std(std):
+  """γ solves the cubic: the profile t^γ on [0, 1] (density (γ+1)t^γ) has mean
+  (γ+1)/(γ+2) and E[t²] = (γ+1)/(γ+3); their variance must be std², and the
+  published pairs hold (Karras et al. 2024: σ_rel 0.05 ↔ γ 16.97, 0.10 ↔ 6.94)."""
+  g = train.power_ema_gamma(std)
+  mean, second = (g + 1) / (g + 2), (g + 1) / (g + 3)
+  assert np.sqrt(second - mean ** 2) == pytest.approx(std, rel=1e-9)
+  assert train.power_ema_gamma(0.05) == pytest.approx(16.97, abs=0.01)
+  assert train.power_ema_gamma(0.10) == pytest.approx(6.94, abs=0.01)
+
+
+def test_power_ema_averages_with_profile_weights():
+  """Fed the one-hot vectors e_1..e_N as params, the EMA holds the weight each
+  step got. Unrolled by hand, step i keeps (1 - β_i)·(i/N)^(γ+1), since
+  Π_{j>i} β_j = Π ((j-1)/j)^(γ+1) telescopes; the weights sum to 1 and their
+  spread over i/N is the requested share of the run."""
+  n, std = 400, 0.1
+  g = train.power_ema_gamma(std)
+  ema = {"w": jnp.zeros(n)}
+  eye = jnp.eye(n)
+  for step in range(n):  # step is 0-based: the update after params e_{step+1}.
+    ema = train.ema_update(ema, {"w": eye[step]}, jnp.int32(step), decay=0.999, std=std)
+  w = np.asarray(ema["w"], np.float64)
+  i = np.arange(1, n + 1)
+  want = (1 - (1 - 1 / i) ** (g + 1)) * (i / n) ** (g + 1)
+  np.testing.assert_allclose(w, want, rtol=1e-4, atol=1e-9)
+  assert w.sum() == pytest.approx(1.0, abs=1e-5)  # The init (step 0's β = 0) has no weight.
+  u = i / n
+  m = (w * u).sum()
+  assert np.sqrt((w * (u - m) ** 2).sum()) == pytest.approx(std, rel=0.03)
+
+
+def test_cosine_decay_schedule_values():
+  """Warm-up to the peak, then lr·(1 + cos(π·s/S))/2 over the S decay steps: half
+  the peak midway, 0 at decay_steps (hand-computed)."""
+  optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=100, decay_steps=1100))
+  lr = train.lr_schedule(optim)
+  assert float(lr(50)) == pytest.approx(5e-4)
+  assert float(lr(100)) == pytest.approx(1e-3)
+  assert float(lr(600)) == pytest.approx(5e-4, rel=1e-5)
+  assert float(lr(350)) == pytest.approx(1e-3 * (1 + np.cos(np.pi / 4)) / 2, rel=1e-5)
+  assert float(lr(1100)) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_plateau_scale_multiplies_the_parameter_updates(tiny_config):
