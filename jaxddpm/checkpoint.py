@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 
 import flax
@@ -246,6 +247,26 @@ def _fill_defaults(saved: dict, defaults: dict) -> dict:
   return out
 
 
+class _ReadOnlyNotes(logging.Filter):
+  """Drops Orbax's notes that a read-only manager is read-only: they are what
+  loading asks for, not a problem, and users read a WARNING as one."""
+  NOTES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(self.NOTES)
+
+
+def _read_only_manager(directory: str) -> ocp.CheckpointManager:
+  absl_logger = logging.getLogger("absl")
+  notes = _ReadOnlyNotes()
+  absl_logger.addFilter(notes)
+  try:
+    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        read_only=True, create=False), item_handlers=ocp.StandardCheckpointHandler())
+  finally:
+    absl_logger.removeFilter(notes)
+
+
 def load_checkpoint(workdir: str, *, which: str = "best", ema: bool = True):
   """(config, params) from a workdir, for scripts.
 
@@ -265,8 +286,7 @@ def load_checkpoint(workdir: str, *, which: str = "best", ema: bool = True):
     directory = _dir(workdir, name)
     if not os.path.isdir(directory):
       continue
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-        read_only=True, create=False), item_handlers=ocp.StandardCheckpointHandler())
+    manager = _read_only_manager(directory)
     step = manager.latest_step()
     if step is None:
       continue

@@ -141,7 +141,7 @@ def generate(sample, params, labels, key: jax.Array, *, batch_size: int = 500,
   if n == 0 or batch_size < 1:
     raise ValueError(f"need at least one label and batch_size >= 1 (got {n}, {batch_size}).")
   batch_size = min(batch_size, n)
-  bar = progress.Progress(n, "sample", quiet=quiet)
+  bar = progress.bar(n, "sample", quiet=quiet)
   out, warned = [], False
   for i in range(0, n, batch_size):
     chunk = labels[i:i + batch_size]
@@ -153,7 +153,7 @@ def generate(sample, params, labels, key: jax.Array, *, batch_size: int = 500,
       batch_seconds.append(time.perf_counter() - t0)
     warned = warned or diagnostics.warn_if_diverged(stats)
     out.append(images_lib.to_uint8(x[:len(chunk)]))
-    bar.update(min(i + batch_size, n))
+    progress.advance(bar, min(i + batch_size, n))
   bar.close()
   return np.concatenate(out)
 

@@ -121,7 +121,7 @@ def _check_train_config(config) -> None:
 # What a run learns from: resuming with one of these changed would go on training
 # one run's weights on another's data, model or noise schedule (the data order and
 # the validation split follow train.seed and train.batch_size). Where the data
-# lives and the compute dtype may change between sessions.
+# lives and the compute dtype may change between a run and its resume.
 RUN_DEFINING = ("data.", "model.", "diffusion.", "train.seed", "train.batch_size")
 MAY_CHANGE_ON_RESUME = ("data.dir", "data.tfds_dir", "model.dtype")
 
@@ -205,7 +205,8 @@ def _train(config, workdir: str) -> dict:
   sampler = sampling.make_sampler(config, with_stats=True)
   grid = _grid_rows(config, splits["train"])
   evaluator = _make_evaluator(config)
-  log = progress.MetricsLog(os.path.join(workdir, "metrics.jsonl"), writer=lead)
+  log = progress.MetricsLog(os.path.join(workdir, "metrics.jsonl"), writer=lead,
+                            tensorboard_from=int(state.step))
   if splits["train"].stand_in:
     log.write(step=int(state.step), event="data", dataset=config.data.dataset, stand_in=True)
   if resuming:
@@ -214,8 +215,8 @@ def _train(config, workdir: str) -> dict:
     if changed and lead:  # One line even when quiet: the run is no longer as first set.
       print(f"resuming at step {int(state.step)} with changed settings: " + "; ".join(
           f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())), file=sys.stderr)
-  bar = progress.Progress(total, "train", start=int(state.step),
-                          quiet=config.train.quiet or not lead)
+  bar = progress.bar(total, "train", start=int(state.step),
+                     quiet=config.train.quiet or not lead)
   patience = config.train.early_stopping_patience
   lr_at = lr_schedule(config.optim)  # For logging: the optimizer's own schedule.
   step, perm, perm_epoch, stopped_early = int(state.step), None, -1, False
@@ -270,7 +271,7 @@ def _train(config, workdir: str) -> dict:
       elif must_save:
         _timed_save(ckpt, log, state, step)
       if config.train.sample_every_steps and crossed(config.train.sample_every_steps):
-        _write_grid(workdir, step, sampler, state.ema_params, grid, config, root_key)
+        _write_grid(workdir, step, sampler, state.ema_params, grid, config, root_key, log)
     stopped_early = step < total
     ckpt.save(state)
   except KeyboardInterrupt:
@@ -286,18 +287,21 @@ def _train(config, workdir: str) -> dict:
   finally:
     bar.close()
     failing = sys.exc_info()[0] is not None
+    if failing:
+      log.close()  # Flushes the TensorBoard events written so far.
     try:
       ckpt.close()  # Waits for pending writes: an async write failure surfaces here.
     except checkpoint.CheckpointWriteError:
       if not failing:  # Never hide the error that is already on its way out.
         raise
-  grid_path = _write_grid(workdir, step, sampler, state.ema_params, grid, config, root_key)
+  grid_path = _write_grid(workdir, step, sampler, state.ema_params, grid, config, root_key, log)
   summary = dict(step=step, epochs=step / steps_per_epoch, stopped_early=stopped_early,
                  best_val_loss=float(state.best_val_loss),
                  best_frechet_distance=float(state.best_frechet), workdir=os.path.abspath(workdir),
                  samples=grid_path, checkpoints=os.path.join(workdir, "checkpoints"),
                  metrics=os.path.join(workdir, "metrics.jsonl"))
   log.write(event="done", **{k: v for k, v in summary.items() if k != "workdir"})
+  log.close()
   return summary
 
 
@@ -428,7 +432,7 @@ def _flush_metrics(pending, log, bar, ckpt, state, lr_at, t0, step0, B):
   record = dict(step=step, loss=float(losses.mean()), grad_norm=float(norms.mean()), lr=lr,
                 steps_per_sec=(step - step0) / dt, images_per_sec=(step - step0) * B / dt)
   log.write(**record)
-  bar.update(step, loss=record["loss"], lr=lr)
+  progress.advance(bar, step, loss=record["loss"], lr=lr)
 
 
 def _grid_rows(config, train_split):
@@ -448,7 +452,7 @@ def _grid_rows(config, train_split):
   return labels, tuple(r.replace(",", ", ") for r in requests), title
 
 
-def _write_grid(workdir, step, sampler, params, grid, config, root_key) -> str:
+def _write_grid(workdir, step, sampler, params, grid, config, root_key, log) -> str:
   labels, captions, title = grid
   samples, stats = parallel.to_host(sampler(params, jax.random.fold_in(root_key, 10_000_019),
                                             labels))
@@ -457,6 +461,7 @@ def _write_grid(workdir, step, sampler, params, grid, config, root_key) -> str:
   if jax.process_index():  # Every host samples (one computation); the first writes.
     return path
   rows = len(labels) // config.train.samples_per_class
-  return images_lib.write_png(path, plots.grid_picture(np.asarray(samples), rows, captions,
-                                                       title))
+  picture = plots.grid_picture(np.asarray(samples), rows, captions, title)
+  log.image("samples", picture, step)
+  return images_lib.write_png(path, picture)
 

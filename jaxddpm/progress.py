@@ -1,79 +1,56 @@
-"""A small progress bar and the metrics log; no dependencies beyond the stdlib."""
+"""Progress bars (tqdm) and a run's logs: metrics.jsonl and TensorBoard events."""
 
 from __future__ import annotations
 
 import json
-import math
+import numbers
 import os
 import sys
 import time
 
+import numpy as np
+import tqdm
+
 from jaxddpm import files
 
 
-def _clock(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "--:--"
-  m, s = divmod(int(seconds), 60)
-  h, m = divmod(m, 60)
-  return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+def bar(total: int, desc: str, *, start: int = 0, quiet: bool = False) -> tqdm.tqdm:
+  """A tqdm bar on stderr counting to `total` from `start`. On a terminal it redraws
+  in place; in a log file (no TTY) it writes a line every 30 s at most."""
+  return tqdm.tqdm(total=total, initial=start, desc=desc, disable=quiet, file=sys.stderr,
+                   dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
 
-class Progress:
-  """`[####----] 120/500 loss=0.031 42.1 it/s ETA 00:09` on stderr.
-
-  On a terminal the line redraws in place; in logs and CI (not a TTY) it prints a
-  line about every 10% instead; quiet=True prints nothing.
-  """
-
-  def __init__(self, total: int, desc: str = "", *, start: int = 0, quiet: bool = False,
-               stream=None):
-    self.total, self.desc, self.n, self.quiet = total, desc, start, quiet
-    self.stream = stream or sys.stderr
-    self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-    self._t0, self._n0 = time.perf_counter(), start
-    self._last_print = -1.0
-
-  def rate(self) -> float:
-    dt = time.perf_counter() - self._t0
-    return (self.n - self._n0) / dt if dt > 0 else 0.0
-
-  def update(self, n: int, **postfix) -> None:
-    self.n = n
-    if self.quiet:
-      return
-    rate = self.rate()
-    eta = (self.total - n) / rate if rate > 0 else float("inf")
-    frac = n / self.total if self.total else 1.0
-    bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
-    post = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in postfix.items())
-    line = f"{self.desc} [{bar}] {n}/{self.total} {post} {rate:.3g} it/s ETA {_clock(eta)}"
-    if self.tty:
-      self.stream.write("\r" + line[:160].ljust(100))
-    elif frac - self._last_print >= 0.1 or n >= self.total:
-      self.stream.write(line + "\n")
-      self._last_print = frac
-    self.stream.flush()
-
-  def close(self) -> None:
-    """Ends the bar's line; again is a no-op (an interrupt closes it early)."""
-    if self.tty and not self.quiet and not getattr(self, "_closed", False):
-      self.stream.write("\n")
-      self.stream.flush()
-    self._closed = True
+def advance(progress: tqdm.tqdm, n: int, **postfix) -> None:
+  """Moves `progress` to count n (absolute), showing `postfix` (e.g. loss=0.03)."""
+  if postfix:
+    progress.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v
+                          for k, v in postfix.items()}, refresh=False)
+  progress.update(n - progress.n)
 
 
 class MetricsLog:
   """Appends one JSON object per line to workdir/metrics.jsonl. On several hosts
   only the first writes (the others compute the same numbers). Each record gets
   `wall_time` (Unix seconds): the gaps between records show where a run's time
-  went (compiles, epoch ends, checkpoints), also across a resume."""
+  went (compiles, epoch ends, checkpoints), also across a resume.
 
-  def __init__(self, path: str, *, writer: bool = True):
-    self.path, self.writer = path, writer
+  With `tensorboard_from` (the step the run starts at), the numbers of each
+  step's record (not the `event` records) and the sample grids also go to
+  TensorBoard event files in the same folder: `tensorboard --logdir runs/`.
+  tensorboardX writes them without TensorFlow. A resume drops what an earlier
+  try logged past its start, so the curves do not double back.
+  """
+
+  def __init__(self, path: str, *, writer: bool = True, tensorboard_from: int | None = None):
+    self.path, self.writer, self.tensorboard = path, writer, None
     if writer:
-      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      folder = os.path.dirname(os.path.abspath(path))
+      os.makedirs(folder, exist_ok=True)
+      if tensorboard_from is not None:
+        from tensorboardX import SummaryWriter  # Loads protobuf: only for training.
+        self.tensorboard = SummaryWriter(folder, purge_step=tensorboard_from or None,
+                                         flush_secs=30)
 
   def write(self, **record) -> None:
     if not self.writer:
@@ -82,6 +59,21 @@ class MetricsLog:
     clean.setdefault("wall_time", round(time.time(), 3))
     with open(self.path, "a") as f:
       f.write(files.json_text(clean) + "\n")
+    if self.tensorboard is not None and "step" in clean and "event" not in clean:
+      for k, v in clean.items():
+        if (k not in ("step", "wall_time") and isinstance(v, numbers.Real)
+            and not isinstance(v, bool)):
+          self.tensorboard.add_scalar(k, v, clean["step"], walltime=clean["wall_time"])
+
+  def image(self, tag: str, picture: np.ndarray, step: int) -> None:
+    """A uint8 [H, W, 3] picture (a sample grid) under `tag` at `step`."""
+    if self.tensorboard is not None:
+      self.tensorboard.add_image(tag, picture, step, dataformats="HWC")
+
+  def close(self) -> None:
+    if self.tensorboard is not None:
+      self.tensorboard.close()
+      self.tensorboard = None
 
 
 def read_metrics(path: str) -> list[dict]:

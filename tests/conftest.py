@@ -1,6 +1,6 @@
 """Shared fixtures. Tests run on the CPU with small shapes and fixed keys, in
-parallel workers (pytest-xdist, `-n` in pyproject.toml) that share one session
-folder: XLA's compilation cache and the artefacts made once per session."""
+parallel workers (pytest-xdist, `-n` in pyproject.toml) that share one test-run
+folder: XLA's compilation cache and the artefacts made once per test run."""
 
 import fcntl
 import json
@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import smoke  # noqa: E402
 
-# Set by the first pytest process of a session; its xdist workers inherit it.
-SESSION_ENV = "JAXDDPM_TEST_SESSION_DIR"
+# Set by the first pytest process of a test run; its xdist workers inherit it.
+RUN_ENV = "JAXDDPM_TEST_RUN_DIR"
 REAL_DATA_HELP = ("set JAXDDPM_DATA_DIR to a folder holding mnist/ and fashion-mnist/ with "
                   "their four IDX .gz files each (in this repository's checkout: "
                   "JAXDDPM_DATA_DIR=../shared/data), or deselect the tests that read real "
@@ -28,19 +28,19 @@ _OWNED = pytest.StashKey[str]()
 
 
 def pytest_configure(config):
-  """One session folder for the controller and its workers: $JAXDDPM_CACHE_DIR
+  """One test-run folder for the controller and its workers: $JAXDDPM_CACHE_DIR
   (inherited by launch.py subprocesses) with XLA's persistent compilation cache in
   its xla/, as launch.py keeps it. Many tests compile the same programs (the
   `:smoke` run's train chunk, validation and sampler); after the first compile the
-  others load them. Fresh per session, so no entry outlives the code that made it,
+  others load them. Fresh per test run, so no entry outlives the code that made it,
   and tests never write to the user's ~/.cache. Set before any compile."""
   import jax
   config.addinivalue_line("markers", "real_data: reads the real MNIST / Fashion-MNIST "
                                      "files ($JAXDDPM_DATA_DIR)")
-  folder = os.environ.get(SESSION_ENV)
+  folder = os.environ.get(RUN_ENV)
   if not folder:
     folder = tempfile.mkdtemp(prefix="jaxddpm-tests-")
-    os.environ[SESSION_ENV] = folder
+    os.environ[RUN_ENV] = folder
     config.stash[_OWNED] = folder
   os.environ["JAXDDPM_CACHE_DIR"] = folder
   jax.config.update("jax_compilation_cache_dir", os.path.join(folder, "xla"))
@@ -55,7 +55,7 @@ def pytest_unconfigure(config):
   folder = config.stash.get(_OWNED, None)
   if folder:
     shutil.rmtree(folder, ignore_errors=True)
-    os.environ.pop(SESSION_ENV, None)
+    os.environ.pop(RUN_ENV, None)
 
 
 # The files that take longest, longest first: `--dist loadfile` hands files to the
@@ -78,10 +78,10 @@ def pytest_collection_modifyitems(items):
 
 
 def once(name: str, make):
-  """make(folder) -> JSON-able result, run once per session across all workers:
-  the first to ask makes it under a file lock in the session folder, the others
+  """make(folder) -> JSON-able result, run once per test run across all workers:
+  the first to ask makes it under a file lock in the test-run folder, the others
   wait and read its result."""
-  folder = os.path.join(os.environ[SESSION_ENV], "once", name)
+  folder = os.path.join(os.environ[RUN_ENV], "once", name)
   os.makedirs(os.path.dirname(folder), exist_ok=True)
   done = folder + ".json"
   with open(folder + ".lock", "w") as lock:
@@ -116,7 +116,7 @@ def real_data_dir():
 
 @pytest.fixture(scope="session")
 def small_data_dir(real_data_dir):
-  """A data folder with real MNIST at 8x8 (tests/smoke.py), made once per session."""
+  """A data folder with real MNIST at 8x8 (tests/smoke.py), made once per test run."""
   return once("small_mnist", lambda folder: smoke.write_small_mnist(real_data_dir, folder))
 
 
@@ -124,12 +124,12 @@ def small_data_dir(real_data_dir):
 def smoke_reference(small_data_dir):
   """One uninterrupted `:smoke` run (32 steps, 2 epochs) as (workdir, summary): the
   run that resumed, interrupted, killed, multi-host and K-steps-per-call runs must
-  equal. Made once per session, by whichever worker asks first; never write to it."""
+  equal. Made once per test run, by whichever worker asks first; never write to it."""
   def train(folder):
     from jaxddpm import loop
     summary = loop.train_and_evaluate(smoke.config(small_data_dir), folder)
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
-  workdir = os.path.join(os.environ[SESSION_ENV], "once", "smoke_reference")
+  workdir = os.path.join(os.environ[RUN_ENV], "once", "smoke_reference")
   return workdir, once("smoke_reference", train)
 
 

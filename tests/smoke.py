@@ -68,3 +68,22 @@ def _write_idx(path: str, array: np.ndarray) -> None:
   header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
   with gzip.open(path, "wb", compresslevel=1) as f:
     f.write(header + array.tobytes())
+
+
+def tensorboard_events(folder):
+  """(tag, step, value or PNG bytes) of every summary in a folder's event files,
+  read with TensorBoard's own protobuf schema (tensorboardX.proto) and the
+  TFRecord framing event files use."""
+  from tensorboardX.proto import event_pb2
+
+  from jaxddpm import tfds_source
+  out = []
+  for name in sorted(os.listdir(folder)):
+    if name.startswith("events.out.tfevents"):
+      for record in tfds_source.read_tfrecord(os.path.join(folder, name)):
+        event = event_pb2.Event.FromString(record)
+        for v in event.summary.value:
+          out.append((v.tag, event.step, v.image.encoded_image_string if v.HasField("image")
+                      else v.simple_value))
+  return out
+

@@ -66,7 +66,7 @@ def test_evaluate_input_errors(evaluator):
 
 def test_training_with_evaluation_keeps_the_best_frechet_checkpoint(smoke_config, tmp_path):
   with smoke_config.unlocked():
-    # The classifier goes to the session's cache folder, where test_launch.py's
+    # The classifier goes to the test run's cache folder, where test_launch.py's
     # `--mode=evaluate` finds it.
     smoke_config.eval.update(every_epochs=1, num_samples=40, batch_size=20)
     smoke_config.train.num_epochs = 3

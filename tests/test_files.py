@@ -1,10 +1,14 @@
 """files.py: whole-file writes and strict JSON."""
 
+import io
 import json
 import math
 import os
 
+import numpy as np
 import pytest
+
+import smoke
 
 from jaxddpm import files, progress
 
@@ -47,3 +51,27 @@ def test_metrics_log_is_strict_json_lines(tmp_path):
   records = [_strict(line) for line in open(path)]
   assert [(r["step"], r["loss"]) for r in records] == [(1, None), (2, 0.25)]
   assert records[1]["interval"] == [0.3, None] and "wall_time" in records[0]
+
+
+def test_metrics_log_writes_tensorboard_scalars_and_images(tmp_path):
+  """What `tensorboard --logdir` shows: each step record's numbers as scalars
+  (not bools, strings or the `event` records) and pictures as PNG images."""
+  from PIL import Image
+  log = progress.MetricsLog(str(tmp_path / "metrics.jsonl"), tensorboard_from=0)
+  log.write(step=10, loss=0.5, lr=1e-3, stopped=True, name="x")
+  log.write(step=20, loss=0.25, val_loss=0.375)
+  log.write(step=20, event="checkpoint", seconds=1.5)
+  picture = np.zeros((6, 8, 3), np.uint8)
+  picture[:, :4, 0] = 255
+  log.image("samples", picture, 20)
+  log.close()
+  events = smoke.tensorboard_events(str(tmp_path))
+  scalars = sorted((t, s, v) for t, s, v in events if t != "samples")
+  assert scalars == [("loss", 10, 0.5), ("loss", 20, 0.25), ("lr", 10, pytest.approx(1e-3)),
+                     ("val_loss", 20, 0.375)]
+  (png,) = [v for t, s, v in events if t == "samples" and s == 20]
+  np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), picture)
+  # Only the first host logs: the others write no event file.
+  other = tmp_path / "other"
+  progress.MetricsLog(str(other / "metrics.jsonl"), writer=False, tensorboard_from=0).close()
+  assert not other.exists()

@@ -23,7 +23,7 @@ def _launch(*args, data_dir, **env_vars):
 
 
 def test_train_resume_sample_evaluate(small_data_dir, tmp_path):
-  # The session's jaxddpm cache folder (conftest.py): launches load the programs
+  # The test run's jaxddpm cache folder (conftest.py): launches load the programs
   # that earlier tests compiled there, or compile them there when run alone.
   workdir, cache = str(tmp_path / "run"), os.environ["JAXDDPM_CACHE_DIR"]
   r = _launch(*smoke.LAUNCH_ARGS, "--workdir", workdir,
@@ -81,7 +81,7 @@ def test_train_resume_sample_evaluate(small_data_dir, tmp_path):
     assert img.std() > 5, name
   assert os.path.getsize(os.path.join(workdir, "pictures", "reverse.gif")) > 1000
   assert os.path.isfile(os.path.join(workdir, "samples", "sample_ddim4_g2_seed1_diagnostics.png"))
-  # Evaluate: the :smoke config's tiny classifier, from the session's cache folder
+  # Evaluate: the :smoke config's tiny classifier, from the test run's cache folder
   # (trained there by whichever test needs it first).
   r = _launch("--mode=evaluate", "--workdir", workdir, "--num_samples=30", "--quiet",
               data_dir=small_data_dir)

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import smoke
+
 from jaxddpm import checkpoint, loop, progress, train
 
 
@@ -387,3 +389,22 @@ def test_a_small_validation_set_shrinks_the_eval_batch_before_training():
   assert loop._eval_batch_size(500, 1000) == 500
   with pytest.raises(ValueError, match="raise data.val_fraction"):
     loop._eval_batch_size(100, 0)
+
+
+def test_a_run_logs_to_tensorboard_and_loads_without_warnings(smoke_reference, caplog, capfd):
+  """TensorBoard (`tensorboard --logdir`) gets the loss at every logged step, the
+  validation loss at each epoch end and the final sample grid; loading the run
+  from a script logs and prints nothing (Orbax's read-only notes are not news)."""
+  workdir, summary = smoke_reference
+  events = smoke.tensorboard_events(workdir)
+  records = progress.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  want = lambda key: sorted((r["step"], pytest.approx(r[key])) for r in records
+                            if r.get(key) is not None and "event" not in r)
+  assert sorted((s, v) for t, s, v in events if t == "loss") == want("loss")
+  assert sorted((s, v) for t, s, v in events if t == "val_loss") == want("val_loss")
+  assert [s for t, s, _ in events if t == "samples"] == [summary["step"]]
+  capfd.readouterr()
+  with caplog.at_level("INFO"):
+    checkpoint.load_checkpoint(workdir)
+  assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+  assert capfd.readouterr() == ("", "")
