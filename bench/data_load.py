@@ -8,7 +8,8 @@ given, then loads the train split at --image_size in a fresh Python process and
 prints a Markdown table: images, the final uint8 array, the process's memory
 before loading (Python, NumPy, JAX) and its peak while loading, the working set
 (peak - before - array), decoded images/s, and the peak projected to CelebA's
-162,770 train images (before + that array + the same working set).
+162,770 train images (before + that array + the same working set). --n 20000
+takes about two minutes on 2 cores, most of it writing the stand-in.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@
 #   trains an autoguidance guide after each model (the same config at half the
 #   width, GUIDE_EPOCHS epochs, default max(1, EPOCHS/4), within GUIDE_TIMEOUT s)
 #   and adds the autoguidance sweep (guidance 2, 2.5 and 3 with that guide).
-#   Budget (H200, Fashion-MNIST, K=8; docs/RESULTS.md, "One GPU"): ~70 s to compile
+#   Budget (H200, Fashion-MNIST, K=8; docs/results.md, "Speed: one GPU"): ~70 s to compile
 #   the train chunk, ~60 s the validation step, 72 s to step 104, then 94 steps/s;
 #   ~2-3 s of checkpoint writing and ~5-6 s per epoch end; 12 epochs in 167 s; the
 #   end-of-run grid's sampler compile over 27 s: allow ~45 s after training;

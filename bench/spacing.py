@@ -29,7 +29,8 @@ also measures a trained model's own step error: the RMS distance (in 8-bit grey
 levels) of each setting's images from those of DDIM with all T steps, from the same
 x_T and labels, at the run's guidance (--conditional: guidance 1). Unlike a Frechet
 distance this has no sampling noise and no feature space, only the solver's error.
-The models' Frechet distances are bench/quality.py's (docs/RESULTS.md).
+The models' Frechet distances are bench/quality.py's. Tables: docs/results.md,
+"Samplers: step error".
 """
 
 from __future__ import annotations

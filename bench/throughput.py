@@ -1,4 +1,5 @@
 """Training and sampling throughput of jaxddpm's models; prints a Markdown table.
+A few minutes on a 2-core CPU per model and batch (compiles included).
 
   python bench/throughput.py                       # CPU-sized defaults
   python bench/throughput.py --models template-small --torch eager,compile  # vs PyTorch
@@ -53,7 +54,7 @@ def _config(model: str, dtype: str, size: int, channels: int):
 
 def _cpu_name() -> str:
   """The CPU's model name: the ratios to PyTorch differ by CPU (an AMD EPYC and an
-  Intel Xeon with AMX, docs/RESULTS.md), so every table should say which ran it."""
+  Intel Xeon with AMX, docs/results.md), so every table should say which ran it."""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:

@@ -48,8 +48,8 @@ def get_config(arg=None):
   diffusion.cosine_s = 0.008  # Cosine schedule offset s (Nichol & Dhariwal).
   diffusion.max_beta = 0.999  # Cosine schedule: clip β here; 0.99-0.999.
   diffusion.zero_terminal_snr = False  # Rescale so ᾱ_{T-1} = 0 (needs prediction v or x0).
-  # v-prediction with min-SNR weighting: on the MNIST :cpu budget it gave clean
-  # digits where eps/uniform gave grey, blotchy ones (docs/RESULTS.md).
+  # v-prediction: an x̂0 = √ᾱ·x_t - √(1-ᾱ)·v̂ whose error does not grow as ᾱ → 0,
+  # where ε-prediction divides by √ᾱ (short trainings then leave blotchy backgrounds).
   diffusion.prediction = "v"  # What the model predicts: eps | x0 | v.
   diffusion.loss_weighting = "min_snr"  # uniform | min_snr.
   diffusion.min_snr_gamma = 5.0  # γ for min_snr weighting; 1-20.
@@ -64,18 +64,18 @@ def get_config(arg=None):
   sampling.sampler = "ddim"  # ddim | ddpm | dpmpp_2m (DPM-Solver++(2M), 10-20 steps).
   sampling.steps = 50  # Denoising steps (respaced); 1..T. DDPM is best at T.
   # Which timesteps the steps visit: uniform (evenly spread) | logsnr (log-SNR evenly
-  # spread: finer steps at low noise; 3x less step error for DPM-Solver++ 20 unguided,
-  # 1.6x with guidance 3 in an interval: docs/RESULTS.md, "Where guidance switches on").
+  # spread: finer steps at low noise, DPM-Solver++'s choice; docs/results.md,
+  # "Samplers: step error").
   sampling.spacing = "uniform"
   sampling.eta = 0.0  # DDIM noise: 0 deterministic, 1 ≈ DDPM.
   sampling.guidance_scale = 2.0  # CFG scale s: 0 uncond, 1 cond, >1 stronger; 1-5.
   # () guides every step; (lo, hi) only where the noise level sigma = sqrt((1-ᾱ)/ᾱ)
   # is in (lo, hi], conditional elsewhere (Kynkäänniemi et al. 2024). mnist.py and
-  # fmnist.py set EDM2_INTERVAL where that measured better (docs/RESULTS.md).
+  # fmnist.py set EDM2_INTERVAL (docs/sampling.md, "Guidance").
   sampling.guidance_interval = ()
   # "" guides with the model's own unconditional prediction (CFG). A workdir: guide
   # with that run's model instead, a smaller one trained for less on the same data
-  # and diffusion settings (autoguidance, Karras et al. 2024; README, "Autoguidance").
+  # and diffusion settings (autoguidance, Karras et al. 2024; docs/sampling.md).
   sampling.guide_workdir = ""
   sampling.clip_x0 = True  # Clip predicted x_0 to [-1, 1]: what keeps sampling stable.
   sampling.variance = "small"  # DDPM variance: small (β̃_t) | large (β_t).
@@ -118,7 +118,7 @@ def get_config(arg=None):
   train.num_epochs = 30  # Passes over the training set (early stopping may end sooner).
   train.num_steps = 0  # If > 0, stop after this many steps instead.
   # Train steps per compiled call (a lax.scan): fewer host round-trips and dispatch
-  # gaps; 12-30% more images/s on a 2-core CPU too (docs/RESULTS.md).
+  # gaps; faster on a 2-core CPU too (docs/results.md, "Speed: against PyTorch").
   train.steps_per_dispatch = 8
   train.early_stopping_patience = 8  # Stop after this many epochs without val gain; 0 = off.
   train.eval_batch_size = 500  # Batch size for the validation loss.

@@ -9,8 +9,8 @@ Run:
 Data: <data dir>/celeba/ in the official layout (img_align_celeba/ or its zip,
 list_attr_celeba.txt, list_eval_partition.txt), or TFDS `celeb_a`. Flips on.
 Expected: not measured on the real data (it is not on the machines this project
-is measured on); `:cpu` on the generated stand-in: docs/RESULTS.md, "CelebA and
-CIFAR-10 at their real shapes".
+is measured on); `:cpu` on the generated stand-in: docs/results.md, "Sample
+quality: CIFAR-10 and CelebA on stand-in data".
 """
 
 from configs import base, variants

@@ -8,8 +8,8 @@ Run:
 Data: <data dir>/cifar10/ holding cifar-10-python.tar.gz or cifar-10-binary.tar.gz,
 or TFDS `cifar10` (TFRecord or ArrayRecord). Flips on.
 Expected: not measured on the real data (it is not on the machines this project
-is measured on); `:cpu` on the generated stand-in: docs/RESULTS.md, "CelebA and
-CIFAR-10 at their real shapes".
+is measured on); `:cpu` on the generated stand-in: docs/results.md, "Sample
+quality: CIFAR-10 and CelebA on stand-in data".
 """
 
 from configs import base, variants

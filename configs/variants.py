@@ -10,15 +10,13 @@ def apply(config, arg):
     raise ValueError(f"unknown config variant {arg!r}; choose one of {VARIANTS[1:]} "
                      "(or none for the full GPU run).")
   if arg == "cpu":
-    # Budget: ~15 min on 2 cores at the ~85 images/s this ~1.1 GFLOP/image model
-    # trained at when it was set (measured): 1,200 steps of 64 images, about 1.4
-    # epochs of MNIST. Since the XLA:CPU work and 10 steps per dispatch it trains
-    # at ~145 images/s on the AMD EPYC machine: the same run took 9:41; on an Intel
-    # Xeon (2 cores) ~93 images/s and 14:16 (docs/RESULTS.md).
+    # Budget: 1,200 steps of 64 images (76,800, about 1.4 epochs of MNIST) for
+    # this ~1.1 GFLOP/image model: 10-15 minutes on 2 cores (docs/results.md,
+    # "Speed: training on a 2-core CPU").
     config.model.update(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                         attention_resolutions=(config.data.image_size // 4,), dropout=0.0)
-    # 10 steps per dispatch: 119 -> 154 images/s for this model here (measured,
-    # docs/RESULTS.md). Any K compiles one chunk program (an epoch's short last
+    # 10 steps per dispatch: +29% images/s for this model (docs/results.md, "Speed:
+    # against PyTorch"). Any K compiles one chunk program (an epoch's short last
     # chunk runs it with steps masked); 10 divides the 890 steps of an MNIST epoch,
     # so no step is masked here.
     config.train.update(batch_size=64, num_epochs=0, num_steps=1200, log_every_steps=50,

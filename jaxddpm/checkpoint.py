@@ -58,7 +58,7 @@ class Checkpointer:
     if jax.process_count() == 1:
       # One batched copy to host memory that both managers share: given device
       # arrays, Orbax copies each of the ~1,100 leaves itself, once per manager
-      # (bench/checkpoint_time.py; docs/RESULTS.md). Across hosts Orbax gets the
+      # (docs/results.md, "Speed: checkpoints, compiles, data"). Across hosts Orbax gets the
       # arrays as they are and coordinates the write.
       tree = parallel.to_host(tree)
     step = int(state.step)

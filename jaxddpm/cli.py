@@ -73,7 +73,7 @@ def train(config, workdir: str, *, quiet: bool = False) -> dict:
 
 def cpu_note(config_path: str | None, backend: str) -> str | None:
   """A line for someone about to train a GPU config on a CPU, where the default
-  UNet trains at ~19 images/s on 2 cores (docs/RESULTS.md): about an hour per
+  UNet trains at ~19 images/s on 2 cores: about an hour per
   MNIST epoch, days for the whole run, and the :cpu variant exists for this."""
   if backend != "cpu" or not config_path:
     return None

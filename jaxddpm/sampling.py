@@ -85,8 +85,7 @@ def dpm_solver_coefficients(alpha_bars, first_order=None) -> dict[str, np.ndarra
   # step's λ-jump is ~4x the one before (cosine, 20 steps: 2.7 after 0.62), so 2M
   # would weight x̂0 by 3.2 and the previous x̂0 by -2.2, amplifying the model's
   # errors into speckle. On Gaussian data (exact denoiser) it then overshot the std
-  # and was worse than DDIM at 50 steps; the Fashion-MNIST `:cpu` model's Frechet
-  # distance at 20 steps fell from 14.8 to 9.5 without it (docs/RESULTS.md).
+  # and was worse than DDIM at 50 steps (tests/test_sampling.py pins both).
   w_last[:2] = 0.0
   if first_order is not None:
     w_last[np.asarray(first_order, bool)] = 0.0
@@ -249,10 +248,9 @@ def sample_loop(
 
 
 # The onset step (step_schedule) only where it measured better on the Fashion-MNIST
-# :cpu model (docs/RESULTS.md, "Where guidance switches on"): with log-SNR steps at
-# guidance 2 and 3 (RMS from DDIM-1000 6.14 -> 5.69, 7.76 -> 5.66), not at 1.5
-# (3.87 -> 4.21: the jump grows with s - 1, the first-order step's cost does not),
-# and never with uniform steps (worse at 1.5, 2 and 3).
+# :cpu model: with log-SNR steps at guidance 2 and above, not at 1.5 (the jump
+# grows with s - 1, the first-order step's cost does not), and never with uniform
+# steps (docs/sampling.md, "Where guidance switches on").
 ONSET_STEP_SPACING = "logsnr"
 ONSET_STEP_MIN_SCALE = 2.0
 
@@ -275,11 +273,7 @@ def step_schedule(schedule: schedules_lib.Schedule, steps: int, *, spacing: str 
   Why: the guided prediction jumps there by (s - 1)·(cond - uncond), and a
   second-order step across the jump extrapolates from the unguided side's x̂_0.
   Stepping from the onset itself, at first order (sample_loop), keeps each step on
-  one smooth piece. Measured (docs/RESULTS.md, "Where guidance switches on"): on
-  Gaussian stand-in data with Fashion-MNIST's covariance and guidance 3 in (0.28,
-  5.42], DPM-Solver++ 20 with log-SNR steps went from 1.07 to 0.057 in pixel-space
-  Frechet distance to the exact ODE's output (DDIM-250: 0.018); on the Fashion-MNIST
-  :cpu model its RMS distance from DDIM-1000 from 7.76 to 5.66 grey levels. Where
+  one smooth piece (docs/results.md, "Samplers: step error"). Where
   guidance switches off, at σ = 0.28, the predictions have nearly met, and a
   first-order restart there cost more than it saved. DDIM is first order anyway.
   """

@@ -157,11 +157,9 @@ def cosine(T: int, s: float = 0.008, max_beta: float = 0.999, *,
 # spread (DPM-Solver's choice). With the cosine schedule, uniform steps leave the
 # low-noise end, where fine texture is decided, to one or two big steps in λ; there
 # DPM-Solver++(2M) at 20 steps lost to DDIM-50 on the Fashion-MNIST GPU model. With
-# "logsnr" its error fell ~130x on Gaussian data with Fashion-MNIST's spectrum (exact
-# denoiser) and 3x on the Fashion-MNIST :cpu model unguided; with guidance in an
-# interval 1.2x, 1.6x at guidance 3 since DPM-Solver++ steps from the guidance onset
-# (sampling.step_schedule; docs/RESULTS.md, "Timestep spacing" and "Where guidance
-# switches on"). Not the default: unmeasured on the GPU models.
+# "logsnr" its step error falls on Gaussian data and on the trained models
+# (docs/results.md, "Samplers: step error"); with strong guidance at every step it
+# does not, so uniform stays the default and fmnist.py's GPU config opts in.
 SPACINGS = ("uniform", "logsnr")
 # "logsnr" spreads λ from the cleanest timestep up to this noise level σ = sqrt((1-ᾱ)/ᾱ)
 # (EDM's σ_max, Karras et al. 2022), then steps once from T-1: the cosine schedule's

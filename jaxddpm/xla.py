@@ -3,8 +3,7 @@
 Why: jaxlib 0.10 hands convolutions on the CPU to YNNPACK by default. On this
 project's 2-core x86 machines YNNPACK's convolutions, above all the filter
 gradients of 3x3 convs at 28x28, are 1.5-2.6x slower than XLA's Eigen
-convolutions (bench/throughput.py: TemplateUNet small trains at ~70 images/s with
-YNNPACK convs, ~96 without; docs/RESULTS.md). We therefore compile our programs
+convolutions (docs/results.md, "Speed: against PyTorch"). We therefore compile our programs
 with YNNPACK limited to plain dots. The options go to each compile, not to the
 process, so a user's own programs are untouched; a user who sets
 `xla_cpu_experimental_ynn_fusion_type` in XLA_FLAGS keeps their choice, and

@@ -78,6 +78,35 @@ def test_min_snr_weights_agree_across_parameterisations():
     diffusion.loss_weight(ab, "eps", "p2")
 
 
+def test_v_prediction_is_edm_preconditioning_with_unit_data_std():
+  """EDM (Karras et al. 2022) writes the denoiser D(x; σ) = c_skip·x + c_out·F(c_in·x)
+  with, for σ_data = 1, c_skip = 1/(σ²+1), c_out = σ/√(σ²+1), c_in = 1/√(σ²+1), and
+  weights ‖D - x₀‖² by λ(σ) = (σ²+1)/σ², for x = x₀ + σ·ε. In VP terms σ² = (1-ᾱ)/ᾱ
+  and x_t = c_in·x. So a v-model is that denoiser with F = -v̂, and uniform v-MSE is
+  EDM's weighted loss, for any prediction v̂ (the formulas, not the code)."""
+  rng = np.random.default_rng(0)
+  ab = jnp.asarray(rng.uniform(0.01, 0.99, 5), jnp.float32)
+  x0 = jnp.asarray(rng.normal(size=(5, 4, 4, 1)), jnp.float32)
+  eps = jnp.asarray(rng.normal(size=(5, 4, 4, 1)), jnp.float32)
+  v_hat = jnp.asarray(rng.normal(size=(5, 4, 4, 1)), jnp.float32)  # Any model output.
+  ab64 = np.asarray(ab, np.float64)
+  sigma = np.sqrt((1 - ab64) / ab64)[:, None, None, None]
+  x = np.asarray(x0, np.float64) + sigma * np.asarray(eps, np.float64)
+  c_skip, c_out = 1 / (sigma**2 + 1), sigma / np.sqrt(sigma**2 + 1)
+  c_in = 1 / np.sqrt(sigma**2 + 1)
+  x_t = jnp.sqrt(ab)[:, None, None, None] * x0 + jnp.sqrt(1 - ab)[:, None, None, None] * eps
+  np.testing.assert_allclose(np.asarray(x_t), c_in * x, rtol=1e-5, atol=1e-5)
+  d_edm = c_skip * x + c_out * (-np.asarray(v_hat, np.float64))
+  x0_hat, _ = diffusion.to_x0_eps(v_hat, x_t, ab, "v")
+  np.testing.assert_allclose(np.asarray(x0_hat), d_edm, rtol=1e-4, atol=1e-4)
+  lam = (sigma**2 + 1) / sigma**2
+  edm_loss = (lam * (d_edm - np.asarray(x0, np.float64)) ** 2).mean(axis=(1, 2, 3))
+  v = diffusion.target(x0, eps, ab, "v")
+  v_mse = np.asarray(((v_hat - v) ** 2).mean(axis=(1, 2, 3)), np.float64)
+  np.testing.assert_allclose(v_mse * np.asarray(
+      diffusion.loss_weight(ab, "v", "uniform")), edm_loss, rtol=1e-4)
+
+
 def test_lognormal_noise_levels_follow_the_normal_cdf():
   """EDM's draw: ln σ_t ~ N(-1.2, 1.2²), rounded up to the schedule's grid. The
   share of draws at or below each grid level σ_t must be Φ((ln σ_t + 1.2)/1.2)

@@ -613,10 +613,7 @@ def test_dpm_solver_onset_step_cuts_its_error():
   wide axes, as digit and garment shapes are). Against the exact ODE (DDIM with all
   T steps, the interval's guidance), the onset step at least halves the solver's
   mean error with log-SNR steps at 10 and 20 steps, guidance 2 and 3 in the EDM2
-  interval, on the cosine schedule, and is never worse on the linear one. (Without it, on the GPU Fashion-MNIST model,
-  DPM-Solver++ 20 had twice DDIM-250's Frechet distance at the config's guidance,
-  and on the Fashion-MNIST :cpu model 7.76 grey levels from DDIM-1000 against 5.66
-  with it: docs/RESULTS.md.)"""
+  interval, on the cosine schedule, and is never worse on the linear one."""
   sigma = np.logspace(-1.0, 0.6, 16)
   signs = np.where(np.random.default_rng(0).random((K, 16)) < 0.5, -1.0, 1.0)
   mu_c, mu_u, interval = 0.5 * sigma * signs, np.zeros((1, 16)), (0.28, 5.42)

@@ -55,9 +55,9 @@ class Spec:
 
 
 # What reaches >= 99.0% on MNIST and >= 93% on Fashion-MNIST on a 2-core CPU in
-# minutes (measured: docs/RESULTS.md); CIFAR-10 and CelebA are sized for a GPU.
-# Fashion-MNIST has two convs per level: with one (92.0%) a sample set that
-# matched the data exactly would score under the project's 93% target.
+# minutes (docs/results.md, "The evaluator"); CIFAR-10 and CelebA are sized for a
+# GPU. Fashion-MNIST has two convs per level: with one (92.0%) a sample set that
+# matched the data exactly would score under a 93% accuracy target.
 SPECS = {
     "mnist": Spec(epochs=4),
     "fashion_mnist": Spec(epochs=15, convs_per_level=2, hflip=True),

@@ -15,8 +15,7 @@ function is traced, not with `lax.platform_dependent`: that lowers both versions
 behind a `case` on the platform (200 of them in the default UNet's train step),
 left to XLA to fold away; with it, a GPU run (two processes, 8-step chunks,
 autotuning off) did not reach its 104th step in 300 s. The cause was not
-isolated (docs/RESULTS.md), so GPU programs are kept exactly as they were when
-measured at 11,500 images/s. A CPU process that places work on a GPU explicitly
+isolated, so GPU programs are kept exactly as they were when measured. A CPU process that places work on a GPU explicitly
 gets the CPU version there: correct, only not tuned for it.
 
 Limit: it is a `jax.custom_vjp`, so forward-mode AD (`jax.jvp`, `jacfwd`,
