@@ -102,7 +102,10 @@ def get_config(arg=None):
   optim.grad_clip = 1.0  # Clip gradients to this global norm; 0 disables.
   optim.warmup_steps = 500  # Linear LR warmup; 0 disables.
   optim.decay_steps = 0  # > 0: cosine decay of the lr, reaching 0 at this step; 0 = constant.
-  optim.ema_decay = 0.9995  # EMA of params used for sampling; 0.999-0.9999.
+  # EMA of params used for sampling; 0.999-0.9999. Warmed up as min(decay, (1+n)/(10+n)):
+  # 0.999 takes over only after ~9,000 steps; before, the warm-up acts as a
+  # power-function EMA of σ_rel ≈ 0.09 (γ = 8).
+  optim.ema_decay = 0.9995
   # > 0: a power-function EMA instead (Karras et al. 2024) averaging this share of
   # the run so far (its profile's std, σ_rel; 0.05-0.2), whatever the run's length.
   optim.ema_std = 0.0

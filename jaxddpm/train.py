@@ -145,7 +145,9 @@ def ema_update(ema, params, step: jnp.ndarray, decay: float, std: float = 0.0):
   params with weights ∝ t^γ over the run so far, so its window is a fixed share
   (`std`) of the run whether that is 1,000 steps or 100,000.
   std = 0: the fixed `decay`, warmed up as min(decay, (1+n)/(10+n)) so that the
-  average tracks the fast early changes instead of remembering the init.
+  average tracks the fast early changes instead of remembering the init. The
+  warm-up is 1 - 9/(n+10) ≈ (1 - 1/n)^9: a power EMA of γ = 8 (std ≈ 0.09) until
+  `decay` caps it (n ≈ 9,000 for 0.999).
   """
   n = jnp.asarray(step, jnp.float32)
   if std > 0:

@@ -162,6 +162,22 @@ def test_power_ema_averages_with_profile_weights():
   assert np.sqrt((w * (u - m) ** 2).sum()) == pytest.approx(std, rel=0.03)
 
 
+def test_fixed_decay_warm_up_is_a_power_ema_of_gamma_8():
+  """Before `decay` caps it, the warm-up 1 - 9/(n+10) keeps step i's weight
+  (1 - β_i)·Π_{j>i} β_j ∝ i^8 for large i: the profile of a power EMA with γ = 8,
+  std sqrt(9 / (10² · 11)) ≈ 0.0905 of the run (what base.py says of ema_decay)."""
+  n = 400
+  ema, eye = {"w": jnp.zeros(n)}, jnp.eye(n)
+  for step in range(n):
+    ema = train.ema_update(ema, {"w": eye[step]}, jnp.int32(step), decay=0.999)
+  w = np.asarray(ema["w"], np.float64)
+  u = np.arange(1, n + 1) / n
+  m = (w * u).sum() / w.sum()
+  spread = np.sqrt((w * (u - m) ** 2).sum() / w.sum())
+  assert spread == pytest.approx(np.sqrt(9 / (100 * 11)), rel=0.05)
+  assert train.power_ema_gamma(np.sqrt(9 / 1100)) == pytest.approx(8.0, abs=1e-6)
+
+
 def test_cosine_decay_schedule_values():
   """Warm-up to the peak, then lr·(1 + cos(π·s/S))/2 over the S decay steps: half
   the peak midway, 0 at decay_steps (hand-computed)."""
