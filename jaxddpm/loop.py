@@ -268,6 +268,20 @@ def _train(config, workdir: str) -> dict:
         state = parallel.replicate(state, mesh)
         _timed_save(ckpt, log, state, step, best=improved)
         validated = step
+      elif step == total and evaluator is None:
+        # A step budget seldom ends on an epoch: the last state is validated too, so
+        # that "best" (what sampling and evaluation load) can be the finished model
+        # rather than the last epoch end's. Epoch counters (plateau, early stopping)
+        # are left alone: this is no epoch.
+        t_val = time.perf_counter()
+        val = validation_loss(eval_fn, state.params, val_x, val_y, eval_batch, val_key, mesh)
+        improved = bool(val < state.best_val_loss)
+        state = parallel.replicate(state.replace(
+            best_val_loss=jnp.minimum(state.best_val_loss, jnp.float32(val))), mesh)
+        log.write(step=step, val_loss=val, best_val_loss=float(state.best_val_loss),
+                  end_of_run=True, val_seconds=round(time.perf_counter() - t_val, 3))
+        _timed_save(ckpt, log, state, step, best=improved)
+        validated = step
       elif must_save:
         _timed_save(ckpt, log, state, step)
       if config.train.sample_every_steps and crossed(config.train.sample_every_steps):

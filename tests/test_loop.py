@@ -28,6 +28,14 @@ def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path, smoke_referenc
   with smoke_config.unlocked():
     smoke_config.train.num_steps = 11  # Stop mid-epoch (16 steps per epoch)...
   assert loop.train_and_evaluate(smoke_config, part)["step"] == 11
+  # A run that ends mid-epoch validates its last step: with no epoch end before
+  # it, that is the best so far, and "best" (what sampling loads) is step 11.
+  (end,) = [m for m in progress.read_metrics(os.path.join(part, "metrics.jsonl"))
+            if m.get("end_of_run")]
+  assert end["step"] == 11 and end["best_val_loss"] == end["val_loss"]
+  assert os.listdir(os.path.join(part, "checkpoints", "best")) == ["11"]
+  _leaves_equal(checkpoint.load_checkpoint(part)[1],
+                checkpoint.load_checkpoint(part, which="latest")[1])
   with smoke_config.unlocked():
     smoke_config.train.num_steps = 0  # ...then rerun to the end in the same workdir.
   assert loop.train_and_evaluate(smoke_config, part)["step"] == 32
@@ -44,7 +52,9 @@ def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path, smoke_referenc
   assert all(isinstance(m["val_seconds"], float) for m in metrics if "val_loss" in m)
   saved = {m["step"] for m in metrics if "checkpoint_seconds" in m}
   assert {8, 11, 16, 24, 32} <= saved  # Every 8 steps, the stop at 11, epoch ends.
-  assert [m["val_loss"] for m in metrics if "val_loss" in m] == [
+  # The epoch ends' validations are the uninterrupted run's (the reference run ends
+  # on an epoch end: it has no run-end validation).
+  assert [m["val_loss"] for m in metrics if "val_loss" in m and not m.get("end_of_run")] == [
       m["val_loss"] for m in progress.read_metrics(os.path.join(full_dir, "metrics.jsonl"))
       if "val_loss" in m]
 
