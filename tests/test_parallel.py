@@ -104,9 +104,13 @@ def test_two_hosts_train_resume_and_match_one(smoke_reference, small_data_dir, t
   assert [e.count("done at step 24") for e in second] == [1, 0]
   ckpts = os.path.join(workdir, "checkpoints")
   assert sorted(os.listdir(os.path.join(ckpts, "latest")), key=int) == ["8", "16", "24"]
-  assert os.listdir(os.path.join(ckpts, "best")) == ["16"]  # One epoch end.
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
+  # Validated: the epoch end, and the run's last step (both hosts, one loss); the
+  # lower is "best".
+  vals = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+  assert sorted(vals) == [16, 24]
+  assert os.listdir(os.path.join(ckpts, "best")) == [str(min(vals, key=vals.get))]
   two = {r["step"]: r["loss"] for r in records if "loss" in r}
   assert len(two) == len([r for r in records if "loss" in r])  # Each step logged once.
   # The same 24 steps on this one device, in one process: the first 24 of the
