@@ -224,6 +224,12 @@ def _train(config, workdir: str) -> dict:
   last_log_time, last_log_step = time.perf_counter(), step
   pending = []
   validated = step  # The last epoch end whose validation ran (a resume starts past it).
+
+  def validate(params):
+    """(validation loss, seconds it took)."""
+    t0 = time.perf_counter()
+    val = validation_loss(eval_fn, params, val_x, val_y, eval_batch, val_key, mesh)
+    return val, time.perf_counter() - t0
   try:
     while step < total and not (patience and bad_epochs >= patience):
       epoch = step // steps_per_epoch
@@ -247,10 +253,7 @@ def _train(config, workdir: str) -> dict:
         _flush_metrics(pending, log, bar, ckpt, state, lr_at, last_log_time, last_log_step, B)
         pending, last_log_time, last_log_step = [], time.perf_counter(), step
       if at_epoch_end:
-        t_val = time.perf_counter()
-        val = validation_loss(eval_fn, state.params, val_x, val_y,
-                              eval_batch, val_key, mesh)
-        t_val = time.perf_counter() - t_val
+        val, t_val = validate(state.params)
         state, improved = end_epoch(state, val, plateau)
         bad_epochs = int(state.bad_epochs)
         log.write(step=step, epoch=step // steps_per_epoch, val_loss=val,
@@ -273,13 +276,12 @@ def _train(config, workdir: str) -> dict:
         # that "best" (what sampling and evaluation load) can be the finished model
         # rather than the last epoch end's. Epoch counters (plateau, early stopping)
         # are left alone: this is no epoch.
-        t_val = time.perf_counter()
-        val = validation_loss(eval_fn, state.params, val_x, val_y, eval_batch, val_key, mesh)
+        val, t_val = validate(state.params)
         improved = bool(val < state.best_val_loss)
         state = parallel.replicate(state.replace(
             best_val_loss=jnp.minimum(state.best_val_loss, jnp.float32(val))), mesh)
         log.write(step=step, val_loss=val, best_val_loss=float(state.best_val_loss),
-                  end_of_run=True, val_seconds=round(time.perf_counter() - t_val, 3))
+                  end_of_run=True, val_seconds=round(t_val, 3))
         _timed_save(ckpt, log, state, step, best=improved)
         validated = step
       elif must_save:
