@@ -36,6 +36,8 @@ def _bench(script, args, monkeypatch, capsys):
     ("spacing.py", ["--steps", "20,x"], "--steps: comma-separated"),
     ("spacing.py", ["--guidance", "1.5,x"], "--guidance: comma-separated"),
     ("spacing.py", ["--guidance", "-1"], "--guidance: scales must be > 0"),
+    ("posthoc_ema.py", ["--workdir", "nowhere", "--stds", "0.1,x"], "--stds, --steps: comma"),
+    ("posthoc_ema.py", ["--workdir", "nowhere"], "error: no config.json in nowhere"),
     ("real_shapes.py", ["--configs", "svhn"], "no configs/svhn.py"),
     ("real_shapes.py", ["--steps", "0"], "--steps >= 1"),
     ("data_load.py", ["--n", "5"], "--n must be >= 100"),
