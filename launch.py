@@ -48,7 +48,8 @@ flags.DEFINE_string("guide_workdir", None, "sample/evaluate/pictures: guide with
                     "(smaller, shorter-trained) model instead of the unconditional prediction: "
                     "autoguidance; '' for CFG (default: the config's).")
 flags.DEFINE_integer("seed", 0, "sample/evaluate: PRNG seed.")
-flags.DEFINE_enum("which", "best", ["best", "latest"], "sample/evaluate: which checkpoint.")
+flags.DEFINE_string("which", "best", "sample/evaluate/pictures: which checkpoint: best, latest, "
+                    "or a step kept in workdir/checkpoints/latest/.")
 flags.DEFINE_string("out", None, "sample: output path prefix (default workdir/samples/...); "
                     "evaluate: the JSON path (default workdir/eval.json).")
 flags.DEFINE_bool("quiet", False, "No progress bar.")

@@ -267,19 +267,29 @@ def _read_only_manager(directory: str) -> ocp.CheckpointManager:
     absl_logger.removeFilter(notes)
 
 
-def load_checkpoint(workdir: str, *, which: str = "best", ema: bool = True):
+def parse_which(which: str | int) -> int | None:
+  """None for "best" / "latest", the step for a step number; ValueError otherwise."""
+  if which in ("best", "latest"):
+    return None
+  if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
+    return int(which)
+  raise ValueError(f"which must be 'best', 'latest' or a kept step number, got {which!r}.")
+
+
+def load_checkpoint(workdir: str, *, which: str | int = "best", ema: bool = True):
   """(config, params) from a workdir, for scripts.
 
   Args:
     workdir: a training run's folder.
     which: "best" (lowest Frechet distance with in-training evaluation on, else
-      lowest validation loss) or "latest"; falls back to latest when no best exists yet.
+      lowest validation loss), "latest", or a step kept in checkpoints/latest/ (an
+      int or its digits: a point on a training curve); "best" falls back to latest
+      when no best exists yet.
     ema: the EMA params (default, what samples best) or the raw ones.
   Returns:
     (ConfigDict, params pytree) ready for `make_sampler(config)(params, key, labels)`.
   """
-  if which not in ("best", "latest"):
-    raise ValueError(f"which must be 'best' or 'latest', got {which!r}.")
+  step = parse_which(which)
   config = load_config(workdir)
   order = [which, "latest"] if which == "best" else ["latest"]
   for name in order:
@@ -287,7 +297,11 @@ def load_checkpoint(workdir: str, *, which: str = "best", ema: bool = True):
     if not os.path.isdir(directory):
       continue
     manager = _read_only_manager(directory)
-    step = manager.latest_step()
+    if step is not None and step not in manager.all_steps():
+      raise ValueError(f"no checkpoint at step {step} in {directory}; kept: "
+                       f"{sorted(manager.all_steps())}. Keep more with "
+                       "--config.train.keep_checkpoints and checkpoint_every_steps.")
+    step = manager.latest_step() if step is None else step
     if step is None:
       continue
     try:

@@ -244,7 +244,9 @@ def sample(workdir: str, *, labels: str = "all", attributes: str | None = None,
   x, stats = parallel.to_host(sample_fn(params, jax.random.key(seed), label_array))
   name = sampling.settings_name(sampling.resolve_options(config, overrides))
   if out is None:
-    out = os.path.join(workdir, "samples", f"sample_{name}_seed{seed}")
+    # Another checkpoint than best gets its own files, not best's.
+    which_tag = "" if which == "best" else f"_{which}" if which == "latest" else f"_step{which}"
+    out = os.path.join(workdir, "samples", f"sample_{name}_seed{seed}{which_tag}")
   png, npz = out + ".png", out + ".npz"
   if jax.process_index():  # Multi-host: the first host writes the files.
     return png, npz, out + "_diagnostics.png"

@@ -45,6 +45,15 @@ def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path, smoke_referenc
   _, a = checkpoint.load_checkpoint(full_dir, which="latest")
   _, b = checkpoint.load_checkpoint(part, which="latest")
   _leaves_equal(a, b)
+  # A kept step by number (a point of a training curve): the two runs agree there
+  # too, and it is not the last step's.
+  _, a24 = checkpoint.load_checkpoint(full_dir, which=24)
+  _leaves_equal(a24, checkpoint.load_checkpoint(part, which="24")[1])
+  assert not np.array_equal(jax.tree.leaves(a24)[0], jax.tree.leaves(a)[0])
+  with pytest.raises(ValueError, match=r"no checkpoint at step 20 .*kept: \[16, 24, 32\]"):
+    checkpoint.load_checkpoint(part, which=20)
+  with pytest.raises(ValueError, match="which must be 'best', 'latest' or a kept step"):
+    checkpoint.load_checkpoint(part, which="last")
   metrics = progress.read_metrics(os.path.join(part, "metrics.jsonl"))
   # Where the time went: every record is stamped, epoch ends and saves are timed.
   times = [m["wall_time"] for m in metrics]
