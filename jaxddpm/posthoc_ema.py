@@ -62,8 +62,9 @@ def _snapshots(workdir: str) -> tuple[ocp.CheckpointManager, list[int]]:
   steps = sorted(manager.all_steps()) if manager else []
   if len(steps) < 2:
     raise ValueError(f"{directory} holds {len(steps)} checkpoint(s); post-hoc EMA needs "
-                     "several. Train with e.g. --config.train.checkpoint_every_steps=100 "
-                     "--config.train.keep_checkpoints=100.")
+                     "several (every 1/24 of the run or closer). Train with e.g. "
+                     "--config.train.checkpoint_every_steps=50 "
+                     "--config.train.keep_checkpoints=200.")
   return manager, steps
 
 
