@@ -26,7 +26,9 @@ def get_config(arg=None):
   data.val_fraction = 0.1  # Share of train held out for validation; 0.05-0.2.
   data.max_train_examples = 0  # Use only the first N training images; 0 = all.
   # Mirror a random half of each batch left-right in the train step (on the device).
-  # Doubles the data where mirror images are as likely (objects, faces); not digits.
+  # Doubles the data where mirror images are as likely (objects, faces); not digits,
+  # nor Fashion-MNIST, whose shoes all point left (docs/results.md, "Training recipe
+  # at the `:cpu` budget").
   data.random_flip = False
 
   config.model = model = ml_collections.ConfigDict()
