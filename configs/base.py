@@ -55,6 +55,10 @@ def get_config(arg=None):
   diffusion.prediction = "v"  # What the model predicts: eps | x0 | v.
   diffusion.loss_weighting = "min_snr"  # uniform | min_snr.
   diffusion.min_snr_gamma = 5.0  # γ for min_snr weighting; 1-20.
+  # On top of loss_weighting, learn a weight per noise level that evens out their
+  # losses (EDM2's adaptive weighting; jaxddpm/diffusion.py). The train loss then
+  # logs that objective (it can be negative); the validation loss stays the plain one.
+  diffusion.adaptive_weighting = False
   # Which noise levels training sees: uniform (every timestep equally) | lognormal
   # (ln σ ~ N(lognormal_mean, lognormal_std²), σ = sqrt((1-ᾱ)/ᾱ), as EDM trains).
   diffusion.noise_levels = "uniform"

@@ -14,6 +14,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxddpm import schedules as schedules_lib
 
@@ -98,6 +99,31 @@ def loss_weight(alpha_bar_B: jnp.ndarray, prediction: str, weighting: str,
   return capped / (snr + 1.0)
 
 
+# Adaptive loss weighting (Karras et al. 2024, EDM2): a learned log-variance u(σ)
+# per noise level turns each example's weighted loss l into l·e^(-u) + u. Its
+# minimum over u is u = ln E[l | σ], so every noise level ends up contributing
+# about equally, whatever its loss's scale. u reads fixed random Fourier features
+# of c = ln(σ)/4 (EDM2's c_noise) through one learned linear layer.
+ADAPTIVE_KEY = "adaptive_weighting"  # Params key of u's layer (beside the network's).
+_FOURIER = 64
+_FREQS, _PHASES = (np.random.default_rng(0x75).standard_normal(_FOURIER).astype(np.float32),
+                   np.random.default_rng(0x70).random(_FOURIER).astype(np.float32))
+
+
+def init_adaptive_weighting() -> dict:
+  """u's layer at zero: every weight starts at e^0 = 1 (the base weighting)."""
+  return {"kernel": jnp.zeros((_FOURIER,), jnp.float32), "bias": jnp.zeros((), jnp.float32)}
+
+
+def adaptive_log_variance(params: dict, alpha_bar_B: jnp.ndarray) -> jnp.ndarray:
+  """u(σ) per example, σ = sqrt((1-ᾱ)/ᾱ); ᾱ is clipped away from 0 and 1 so that
+  c stays finite on a zero-terminal-SNR schedule."""
+  ab = jnp.clip(alpha_bar_B.astype(jnp.float32), 1e-12, 1.0 - 1e-7)
+  c = 0.125 * (jnp.log1p(-ab) - jnp.log(ab))  # ln(σ)/4.
+  features = jnp.sqrt(2.0) * jnp.cos(2.0 * jnp.pi * (c[:, None] * _FREQS + _PHASES))
+  return features @ params["kernel"] + params["bias"]
+
+
 def draw_timesteps(key: jax.Array, schedule: schedules_lib.Schedule, batch_size: int,
                    noise_levels: str = "uniform",
                    lognormal: tuple[float, float] = (-1.2, 1.2)) -> jnp.ndarray:
@@ -139,6 +165,7 @@ def loss_fn(
     p_uncond: float = 0.1,
     noise_levels: str = "uniform",
     lognormal: tuple[float, float] = (-1.2, 1.2),
+    adaptive: dict | None = None,
     train: bool = True,
 ) -> jnp.ndarray:
   """Mean weighted MSE of the denoising objective on one batch.
@@ -148,6 +175,8 @@ def loss_fn(
     images: float [B,H,W,C] in [-1, 1].
     labels: int [B] class indices or float [B,K] multi-hot attributes.
     key: draws t (see `draw_timesteps`), ε, the CFG label mask and dropout.
+    adaptive: u's params (`init_adaptive_weighting`) to train the adaptive
+      weighting's objective mean(l·e^(-u) + u) instead of mean(l).
   Returns:
     Scalar float32 loss.
   """
@@ -162,5 +191,8 @@ def loss_fn(
   alpha_bar = schedule.alpha_bars[t]
   err = (pred.astype(jnp.float32) - target(images, noise, alpha_bar, prediction)) ** 2
   mse_B = jnp.mean(err, axis=tuple(range(1, err.ndim)))
-  weight = loss_weight(alpha_bar, prediction, weighting, min_snr_gamma)
-  return jnp.mean(weight * mse_B)
+  loss_B = loss_weight(alpha_bar, prediction, weighting, min_snr_gamma) * mse_B
+  if adaptive is not None:
+    u_B = adaptive_log_variance(adaptive, alpha_bar)
+    loss_B = loss_B * jnp.exp(-u_B) + u_B
+  return jnp.mean(loss_B)

@@ -89,7 +89,10 @@ def init_params(model, config, key: jax.Array):
   labels = (labels if config.data.conditioning == "class"
             else jnp.zeros((1, config.data.num_classes), jnp.float32))
   init = xla.jit(model.init, cpu_options=xla.RUN_ONCE)  # Runs once: compile fast.
-  return init(key, x, t, labels, jnp.ones((1,), bool))["params"]
+  params = init(key, x, t, labels, jnp.ones((1,), bool))["params"]
+  if config.diffusion.adaptive_weighting:  # Trained beside the network; flax ignores it.
+    params = {**params, diffusion.ADAPTIVE_KEY: diffusion.init_adaptive_weighting()}
+  return params
 
 
 def make_plateau(optim) -> optax.GradientTransformationExtraArgs:
@@ -200,11 +203,14 @@ def random_flip(images_BHWC: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
 
 
 def _loss(model, schedule, d, params, batch, key, train):
+  """The training objective; without `train` (validation) the plain weighted loss,
+  so that validation losses compare across runs and weightings."""
+  adaptive = params.get(diffusion.ADAPTIVE_KEY) if train else None
   return diffusion.loss_fn(
       _apply_fn(model), params, schedule, to_model_range(batch["image"]), batch["label"], key,
       prediction=d.prediction, weighting=d.loss_weighting, min_snr_gamma=d.min_snr_gamma,
       p_uncond=d.p_uncond, noise_levels=d.noise_levels,
-      lognormal=(d.lognormal_mean, d.lognormal_std), train=train)
+      lognormal=(d.lognormal_mean, d.lognormal_std), adaptive=adaptive, train=train)
 
 
 def train_step(state: TrainState, batch, key: jax.Array, *, model, schedule, tx,

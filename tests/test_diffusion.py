@@ -142,3 +142,68 @@ def test_label_mask_rate():
 def test_unknown_prediction():
   with pytest.raises(ValueError, match="prediction"):
     diffusion.target(jnp.zeros(1), jnp.zeros(1), jnp.ones(1), "score")
+
+
+def _zero_model(params, x_t, t, labels, use_labels, train, rngs):
+  return jnp.zeros_like(x_t)
+
+
+def test_adaptive_weighting_objective_by_hand():
+  """EDM2's objective l·e^(-u) + u per example, u = kernel·φ(c) + bias with
+  φ_k = √2·cos(2π(f_k·c + p_k)) and c = ln(σ)/4, σ² = (1-ᾱ)/ᾱ; from a model that
+  outputs 0, so l is the min-SNR-weighted v-MSE of the draws, written out here."""
+  s = schedules.cosine(50)
+  x0 = jax.random.uniform(jax.random.key(1), (16, 4, 4, 1), minval=-1, maxval=1)
+  labels = jnp.zeros((16,), jnp.int32)
+  kernel = jnp.asarray(np.random.default_rng(2).normal(size=64) * 0.3, jnp.float32)
+  params = {"kernel": kernel, "bias": jnp.float32(0.4)}
+  kw = dict(prediction="v", weighting="min_snr", min_snr_gamma=5.0)
+  got = diffusion.loss_fn(_zero_model, {}, s, x0, labels, jax.random.key(3), adaptive=params,
+                          **kw)
+  # The same draws as loss_fn: t, then ε, from split(key, 4).
+  k_t, k_noise, _, _ = jax.random.split(jax.random.key(3), 4)
+  t = np.asarray(jax.random.randint(k_t, (16,), 0, 50))
+  eps = np.asarray(jax.random.normal(k_noise, x0.shape), np.float64)
+  ab = np.asarray(s.alpha_bars, np.float64)[t]
+  v = np.sqrt(ab)[:, None, None, None] * eps - np.sqrt(1 - ab)[:, None, None, None] * np.asarray(
+      x0, np.float64)
+  snr = ab / (1 - ab)
+  l = np.minimum(snr, 5.0) / (snr + 1) * np.mean(v**2, axis=(1, 2, 3))
+  c = np.log(np.sqrt((1 - ab) / ab)) / 4
+  phi = np.sqrt(2) * np.cos(2 * np.pi * (c[:, None] * diffusion._FREQS + diffusion._PHASES))
+  u = phi @ np.asarray(kernel, np.float64) + 0.4
+  np.testing.assert_allclose(float(got), np.mean(l * np.exp(-u) + u), rtol=1e-5)
+  # At u = 0 (its initial value) the objective is the base weighting's loss.
+  plain = diffusion.loss_fn(_zero_model, {}, s, x0, labels, jax.random.key(3), **kw)
+  at_zero = diffusion.loss_fn(_zero_model, {}, s, x0, labels, jax.random.key(3),
+                              adaptive=diffusion.init_adaptive_weighting(), **kw)
+  np.testing.assert_allclose(float(at_zero), float(plain), rtol=1e-6)
+  np.testing.assert_allclose(float(plain), np.mean(l), rtol=1e-5)
+
+
+def test_adaptive_weighting_learns_the_log_of_each_levels_loss():
+  """The objective's minimum over u is u(σ) = ln E[l | σ]: trained on losses whose
+  scale spans three decades across noise levels, u must reach their logarithm
+  (to 0.06), so every level's weighted loss l·e^(-u) comes to about 1."""
+  import optax
+  ab = np.asarray(schedules.cosine(1000).alpha_bars)[::25]
+  log_sigma = 0.5 * np.log((1 - ab) / ab)
+  want = 1.5 * np.tanh(log_sigma) - 2.0  # ln of the per-level loss, e^-3.5 to e^-0.5.
+  ab = jnp.asarray(ab)
+  objective = lambda p: jnp.mean(jnp.exp(want) * jnp.exp(-diffusion.adaptive_log_variance(
+      p, ab)) + diffusion.adaptive_log_variance(p, ab))
+  params, tx = diffusion.init_adaptive_weighting(), optax.adam(0.2)
+
+  @jax.jit
+  def step(params, opt):
+    updates, opt = tx.update(jax.grad(objective)(params), opt)
+    return optax.apply_updates(params, updates), opt
+
+  opt = tx.init(params)
+  for _ in range(3000):
+    params, opt = step(params, opt)
+  u = np.asarray(diffusion.adaptive_log_variance(params, ab))
+  np.testing.assert_allclose(u, want, atol=0.06)
+  # Finite at ᾱ = 0 and 1 (a zero-terminal-SNR schedule's ends).
+  assert np.isfinite(np.asarray(diffusion.adaptive_log_variance(
+      params, jnp.asarray([0.0, 1.0])))).all()

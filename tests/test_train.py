@@ -254,6 +254,33 @@ def test_golden_one_step_loss(tiny_config):
   np.testing.assert_allclose(float(first["loss"]), want, rtol=1e-5)
 
 
+def test_adaptive_weighting_starts_as_the_base_loss_and_learns_only_its_layer(tiny_config):
+  """u starts at 0, where l·e^(-u) + u has l's value and l's gradient in the
+  network: the first step must move the network exactly as the base loss does,
+  and move u's layer (whose gradient, 1 - l, is not 0). Validation reports the
+  plain weighted loss whatever u is."""
+  from jaxddpm import diffusion
+  _, _, tx, step, evaluate, params = _setup(tiny_config)
+  batch = _batch(tiny_config)
+  plain, m_plain = step(train.create_train_state(params, tx), batch, jax.random.key(0))
+  tiny_config.diffusion.adaptive_weighting = True
+  _, _, tx_a, step_a, evaluate_a, params_a = _setup(tiny_config)
+  assert set(params_a) == set(params) | {diffusion.ADAPTIVE_KEY}
+  assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(params_a[diffusion.ADAPTIVE_KEY]))
+  adaptive, m_adaptive = step_a(train.create_train_state(params_a, tx_a), batch,
+                                jax.random.key(0))
+  np.testing.assert_allclose(float(m_adaptive["loss"]), float(m_plain["loss"]), rtol=1e-6)
+  net = {k: v for k, v in adaptive.params.items() if k != diffusion.ADAPTIVE_KEY}
+  for a, b in zip(jax.tree.leaves(net), jax.tree.leaves(plain.params), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert float(jnp.abs(adaptive.params[diffusion.ADAPTIVE_KEY]["bias"])) > 1e-4
+  # Validation: the same number with or without u's layer (and whatever its values).
+  moved = dict(adaptive.params, **{diffusion.ADAPTIVE_KEY: {
+      "kernel": jnp.full((64,), 0.5), "bias": jnp.float32(2.0)}})
+  np.testing.assert_allclose(float(evaluate_a(moved, batch, jax.random.key(5))["loss"]),
+                             float(evaluate(net, batch, jax.random.key(5))["loss"]), rtol=1e-6)
+
+
 GOLDEN_FIRST_LOSS = 0.236853
 GOLDEN_SECOND_LOSS = 0.256554
 
