@@ -17,7 +17,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def test_four_devices_match_one(smoke_config, small_data_dir, tmp_path):
   env = dict(os.environ, JAXDDPM_DATA_DIR=small_data_dir,
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                       "--xla_force_host_platform_device_count=4")
   worker = subprocess.Popen([sys.executable, os.path.join(HERE, "parallel_worker.py"),
                              str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
@@ -83,7 +84,9 @@ def test_two_hosts_train_resume_and_match_one(smoke_reference, small_data_dir, t
   "latest" and "best" of the same step), only the first writes metrics and prints,
   a resume restores across hosts, and the losses are those of one device."""
   env = dict(os.environ, JAXDDPM_DATA_DIR=small_data_dir)
-  env.pop("XLA_FLAGS", None)
+  # Each host is one CPU device: the test run's compiler flags, no forced device count.
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if "device_count" not in f)
   workdir = str(tmp_path / "two")
   common = [*smoke.LAUNCH_ARGS, "--workdir", workdir]
   cwd = os.getcwd()
