@@ -2,7 +2,9 @@
 the evaluator classifier's determinism and cache."""
 
 import dataclasses
+import fcntl
 import os
+import threading
 
 import jax
 import numpy as np
@@ -159,6 +161,8 @@ def test_classifier_cache_round_trip_and_damage(mnist_splits, tmp_path, monkeypa
   assert len(trained_on) == 1
   x = splits["test"].images[:64]
   np.testing.assert_array_equal(apply1(x)[0], apply2(x)[0])
+  _a_second_process_waits_for_the_training_one_then_loads(d, meta1, x, apply1, tmp_path,
+                                                            monkeypatch)
   # Another recipe gets another cache entry.
   assert classifier.cache_key("mnist", 28, TINY) != classifier.cache_key(
       "mnist", 28, dataclasses.replace(TINY, epochs=4))
@@ -172,6 +176,39 @@ def test_classifier_cache_round_trip_and_damage(mnist_splits, tmp_path, monkeypa
     classifier.load_or_train(d, spec=TINY, cache_dir=str(tmp_path), quiet=True)
   with pytest.raises(ValueError, match="uint8"):
     apply1(np.zeros((2, 28, 28, 1), np.float32))
+
+
+def _a_second_process_waits_for_the_training_one_then_loads(d, meta, x, apply, tmp_path,
+                                                            monkeypatch):
+  """Another process holds the lock and has not yet written the entry: this one
+  waits, then loads that entry instead of training a second copy."""
+  folder = meta["path"]
+  aside = str(tmp_path / "aside")
+  os.rename(folder, aside)  # The entry does not exist yet...
+  waiting = threading.Event()
+  real_flock = fcntl.flock
+
+  def flock(f, op):
+    if not op & fcntl.LOCK_NB:
+      waiting.set()  # ...when this process blocks on the lock.
+    real_flock(f, op)
+
+  monkeypatch.setattr(classifier.fcntl, "flock", flock)
+  monkeypatch.setattr(classifier, "train", lambda *a, **k: pytest.fail("trained a second copy"))
+  got = {}
+  with open(folder + ".lock", "a") as held:
+    real_flock(held, fcntl.LOCK_EX)  # A separate open file: it conflicts within one process.
+    waiter = threading.Thread(target=lambda: got.update(result=classifier.load_or_train(
+        d, spec=TINY, cache_dir=str(tmp_path), quiet=True)))
+    waiter.start()
+    assert waiting.wait(timeout=120)
+    os.rename(aside, folder)  # The other process finishes its entry and lets go.
+  waiter.join(timeout=120)
+  monkeypatch.setattr(classifier.fcntl, "flock", real_flock)
+  assert "result" in got, "the waiting process raised: see the thread's exception above"
+  apply2, meta2 = got["result"]
+  assert meta2["test_accuracy"] == meta["test_accuracy"]
+  np.testing.assert_array_equal(apply2(x)[0], apply(x)[0])
 
 
 @pytest.mark.parametrize("dataset,size,channels,outputs", [("cifar10", 32, 3, 10),

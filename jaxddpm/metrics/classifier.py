@@ -7,17 +7,24 @@ greyscale digits; a classifier of the data itself does.
 
 A trained classifier is cached under `cache_dir/classifiers/<key>/` with its test
 accuracy; the key names the dataset, image size, code VERSION and a hash of the
-spec, so a changed recipe never reuses a stale network.
+spec, so a changed recipe never reuses a stale network. One process trains a
+missing entry; others that share the cache wait for it and load it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import time
 from typing import Sequence
+
+try:
+  import fcntl  # POSIX; elsewhere processes that share a cache may each train.
+except ImportError:
+  fcntl = None
 
 import flax.linen as nn
 import flax.serialization
@@ -225,29 +232,67 @@ def load_or_train(data_config, *, spec: Spec | None = None, cache_dir: str | Non
   spec = spec or default_spec(dataset)
   key = cache_key(dataset, data_config.image_size, spec)
   folder = os.path.join(cache_dir or default_cache_dir(), "classifiers", key)
+  cached = _load_cached(folder, data_config, spec)
+  if cached:
+    return cached
+  os.makedirs(os.path.dirname(folder), exist_ok=True)
+  with _exclusive(folder + ".lock", quiet):
+    # Another process may have trained it while this one waited for the lock.
+    return _load_cached(folder, data_config, spec) or _train_and_cache(
+        folder, key, data_config, spec, splits, quiet)
+
+
+def _load_cached(folder: str, data_config, spec: Spec):
+  """(apply, meta) from a complete cache entry in `folder`, else None."""
   params_path, meta_path = os.path.join(folder, "params.msgpack"), os.path.join(folder,
                                                                                "meta.json")
-  if os.path.isfile(meta_path) and os.path.isfile(params_path):
+  if not (os.path.isfile(meta_path) and os.path.isfile(params_path)):
+    return None
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+    model = Classifier(spec, meta["num_outputs"])
+  except (ValueError, KeyError, TypeError) as e:  # json's errors are ValueErrors.
+    raise ValueError(f"the cached classifier in {folder} is damaged ({meta_path}: "
+                     f"{type(e).__name__}: {e}); delete that folder and it will be "
+                     "retrained.") from e
+  # The tree's structure is all from_bytes needs: shapes only, nothing compiled.
+  template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(
+      (1, data_config.image_size, data_config.image_size, data_config.channels),
+      jnp.uint8))["params"]
+  with open(params_path, "rb") as f:
     try:
-      with open(meta_path) as f:
-        meta = json.load(f)
-      model = Classifier(spec, meta["num_outputs"])
-    except (ValueError, KeyError, TypeError) as e:  # json's errors are ValueErrors.
-      raise ValueError(f"the cached classifier in {folder} is damaged ({meta_path}: "
-                       f"{type(e).__name__}: {e}); delete that folder and it will be "
-                       "retrained.") from e
-    # The tree's structure is all from_bytes needs: shapes only, nothing compiled.
-    template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(
-        (1, data_config.image_size, data_config.image_size, data_config.channels),
-        jnp.uint8))["params"]
-    with open(params_path, "rb") as f:
-      try:
-        params = flax.serialization.from_bytes(template, f.read())
-      except Exception as e:  # noqa: BLE001 - msgpack raises several types; all mean damage.
-        raise ValueError(f"the cached classifier in {folder} is damaged ({e}); delete that "
-                         "folder and it will be retrained.") from e
-    return make_apply(model, params), dict(meta, path=folder)
+      params = flax.serialization.from_bytes(template, f.read())
+    except Exception as e:  # noqa: BLE001 - msgpack raises several types; all mean damage.
+      raise ValueError(f"the cached classifier in {folder} is damaged ({e}); delete that "
+                       "folder and it will be retrained.") from e
+  return make_apply(model, params), dict(meta, path=folder)
 
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str, quiet: bool):
+  """Holds `lock_path` while this process trains a classifier, so that processes
+  sharing a cache (evaluations started together, the hosts of one run) train it
+  once: the others wait, then load it. The OS drops the lock when its holder ends,
+  even by SIGKILL. A filesystem without locks (some network mounts) goes unlocked."""
+  if fcntl is None:
+    yield
+    return
+  with open(lock_path, "a") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      if not quiet:
+        print(f"waiting for another process to finish training this classifier ({lock_path})",
+              flush=True)
+      fcntl.flock(f, fcntl.LOCK_EX)
+    except OSError:
+      pass  # No locks here.
+    yield  # Closing the file releases the lock.
+
+
+def _train_and_cache(folder: str, key: str, data_config, spec: Spec, splits, quiet: bool):
+  dataset = data_config.dataset
   if splits is None:
     splits = train_test_splits(data_config)
   if not quiet:
@@ -261,8 +306,10 @@ def load_or_train(data_config, *, spec: Spec | None = None, cache_dir: str | Non
               test_accuracy=accuracy(apply, splits["test"]),
               train_seconds=round(time.perf_counter() - t0, 1), key=key)
   os.makedirs(folder, exist_ok=True)
-  files.write_atomic(params_path, flax.serialization.to_bytes(params))
-  files.write_atomic(meta_path, json.dumps(meta, indent=2))  # Last: marks it complete.
+  files.write_atomic(os.path.join(folder, "params.msgpack"),
+                     flax.serialization.to_bytes(params))
+  # Last: marks it complete.
+  files.write_atomic(os.path.join(folder, "meta.json"), json.dumps(meta, indent=2))
   if not quiet:
     print(f"classifier test accuracy {meta['test_accuracy']:.4f}", flush=True)
   return apply, dict(meta, path=folder)
