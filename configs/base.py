@@ -52,7 +52,10 @@ def get_config(arg=None):
   diffusion.zero_terminal_snr = False  # Rescale so ᾱ_{T-1} = 0 (needs prediction v or x0).
   # v-prediction: an x̂0 = √ᾱ·x_t - √(1-ᾱ)·v̂ whose error does not grow as ᾱ → 0,
   # where ε-prediction divides by √ᾱ (short trainings then leave blotchy backgrounds).
-  diffusion.prediction = "v"  # What the model predicts: eps | x0 | v.
+  diffusion.prediction = "v"  # What the model predicts: eps | x0 | v | edm.
+  # edm: EDM's preconditioning for data of this standard deviation (at 1 it is
+  # v-prediction up to sign; jaxddpm/diffusion.py).
+  diffusion.sigma_data = 0.5
   diffusion.loss_weighting = "min_snr"  # uniform | min_snr.
   diffusion.min_snr_gamma = 5.0  # γ for min_snr weighting; 1-20.
   # On top of loss_weighting, learn a weight per noise level that evens out their

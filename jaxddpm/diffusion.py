@@ -6,6 +6,14 @@ With a = sqrt(ᾱ_t) and s = sqrt(1 - ᾱ_t) (so a² + s² = 1):
   x_0 = (x_t - s·ε)/a = a·x_t - s·v,  ε = (x_t - a·x_0)/s = s·x_t + a·v.
 Conversions take ᾱ per example rather than (schedule, t), so the loss (full
 schedule) and the samplers (respaced schedule) share them.
+
+"edm" is EDM's preconditioning (Karras et al. 2022, Table 1) written for x_t: with
+σ = s/a, data of standard deviation σ_d and r = sqrt(s² + a²·σ_d²) (the standard
+deviation of x_t), the network F sees c_in·x_t = x_t/r and
+  x̂_0 = c_skip·x_t + c_out·F,   c_skip = a·σ_d²/r²,   c_out = s·σ_d/r,
+so its target F = (s·x_0 - a·σ_d²·ε)/(σ_d·r) has unit variance at every noise
+level. At σ_d = 1 (r = 1) F = -v: v-prediction is this preconditioning for data of
+unit variance. The network's noise input stays the schedule's timestep.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import numpy as np
 
 from jaxddpm import schedules as schedules_lib
 
-PREDICTIONS = ("eps", "x0", "v")
+PREDICTIONS = ("eps", "x0", "v", "edm")
+SIGMA_DATA = 0.5  # EDM's σ_d for images in [-1, 1].
 WEIGHTINGS = ("uniform", "min_snr")
 NOISE_LEVELS = ("uniform", "lognormal")
 
@@ -41,8 +50,27 @@ def q_sample(schedule: schedules_lib.Schedule, x0: jnp.ndarray, t: jnp.ndarray,
   return a * x0 + s * noise
 
 
+def check_sigma_data(sigma_data) -> None:
+  if not (isinstance(sigma_data, (int, float)) and sigma_data > 0):
+    raise ValueError(f"diffusion.sigma_data must be a number > 0 (the data's standard "
+                     f"deviation; 0.5 usual for images in [-1, 1]), got {sigma_data!r}.")
+
+
+def _edm_r(alpha_bar_B: jnp.ndarray, sigma_data: float) -> jnp.ndarray:
+  """sqrt(s² + a²·σ_d²): the standard deviation of x_t for data of std σ_d."""
+  return jnp.sqrt((1.0 - alpha_bar_B) + alpha_bar_B * sigma_data**2)
+
+
+def model_input(x_t: jnp.ndarray, alpha_bar_B: jnp.ndarray, prediction: str,
+                sigma_data: float = SIGMA_DATA) -> jnp.ndarray:
+  """What the network sees: x_t, or c_in·x_t = x_t/r under "edm"."""
+  if prediction != "edm":
+    return x_t
+  return x_t / _bcast(_edm_r(alpha_bar_B, sigma_data), x_t).astype(x_t.dtype)
+
+
 def target(x0: jnp.ndarray, eps: jnp.ndarray, alpha_bar_B: jnp.ndarray,
-           prediction: str) -> jnp.ndarray:
+           prediction: str, sigma_data: float = SIGMA_DATA) -> jnp.ndarray:
   """What a `prediction`-type model should output for (x_0, ε) at ᾱ."""
   check_prediction(prediction)
   if prediction == "eps":
@@ -51,11 +79,15 @@ def target(x0: jnp.ndarray, eps: jnp.ndarray, alpha_bar_B: jnp.ndarray,
     return x0
   a = _bcast(jnp.sqrt(alpha_bar_B), x0)
   s = _bcast(jnp.sqrt(1.0 - alpha_bar_B), x0)
+  if prediction == "edm":
+    r = _bcast(_edm_r(alpha_bar_B, sigma_data), x0)
+    return (s * x0 - a * sigma_data**2 * eps) / (sigma_data * r)
   return a * eps - s * x0
 
 
 def to_x0_eps(pred: jnp.ndarray, x_t: jnp.ndarray, alpha_bar_B: jnp.ndarray,
-              prediction: str) -> tuple[jnp.ndarray, jnp.ndarray]:
+              prediction: str, sigma_data: float = SIGMA_DATA
+              ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Converts a model output into (x̂_0, ε̂) at x_t. Exact inverse of `target`.
 
   eps-prediction divides by sqrt(ᾱ): at ᾱ ≈ 0 (the last cosine step) a small
@@ -68,6 +100,10 @@ def to_x0_eps(pred: jnp.ndarray, x_t: jnp.ndarray, alpha_bar_B: jnp.ndarray,
     return (x_t - s * pred) / a, pred
   if prediction == "x0":
     return pred, (x_t - a * pred) / s
+  if prediction == "edm":  # ε̂ = (x_t - a·x̂_0)/s, written without dividing by s.
+    r = _bcast(_edm_r(alpha_bar_B, sigma_data), x_t)
+    return (a * sigma_data**2 * x_t / r**2 + s * sigma_data * pred / r,
+            s * x_t / r**2 - a * sigma_data * pred / r)
   return a * x_t - s * pred, s * x_t + a * pred
 
 
@@ -79,11 +115,12 @@ def eps_from_x0(x0: jnp.ndarray, x_t: jnp.ndarray, alpha_bar_B: jnp.ndarray) -> 
 
 
 def loss_weight(alpha_bar_B: jnp.ndarray, prediction: str, weighting: str,
-                min_snr_gamma: float = 5.0) -> jnp.ndarray:
+                min_snr_gamma: float = 5.0, sigma_data: float = SIGMA_DATA) -> jnp.ndarray:
   """Per-example weight on the MSE of the chosen target.
 
   min_snr (Hang et al. 2023) caps the effective x_0-space weight at γ:
-  weight_x0 = min(SNR, γ); an eps-MSE already carries SNR, a v-MSE SNR + 1.
+  weight_x0 = min(SNR, γ); an eps-MSE already carries SNR, a v-MSE SNR + 1, an
+  edm-MSE 1/c_out². "uniform" under edm is EDM's own weighting λ = 1/c_out².
   """
   if weighting == "uniform":
     return jnp.ones_like(alpha_bar_B)
@@ -96,6 +133,8 @@ def loss_weight(alpha_bar_B: jnp.ndarray, prediction: str, weighting: str,
     return capped / snr
   if prediction == "x0":
     return capped
+  if prediction == "edm":
+    return capped * (1.0 - alpha_bar_B) * sigma_data**2 / _edm_r(alpha_bar_B, sigma_data)**2
   return capped / (snr + 1.0)
 
 
@@ -166,6 +205,7 @@ def loss_fn(
     noise_levels: str = "uniform",
     lognormal: tuple[float, float] = (-1.2, 1.2),
     adaptive: dict | None = None,
+    sigma_data: float = SIGMA_DATA,
     train: bool = True,
 ) -> jnp.ndarray:
   """Mean weighted MSE of the denoising objective on one batch.
@@ -177,6 +217,7 @@ def loss_fn(
     key: draws t (see `draw_timesteps`), ε, the CFG label mask and dropout.
     adaptive: u's params (`init_adaptive_weighting`) to train the adaptive
       weighting's objective mean(l·e^(-u) + u) instead of mean(l).
+    sigma_data: σ_d of the "edm" prediction (ignored by the others).
   Returns:
     Scalar float32 loss.
   """
@@ -186,12 +227,13 @@ def loss_fn(
   noise = jax.random.normal(k_noise, images.shape, jnp.float32)
   x_t = q_sample(schedule, images, t, noise)
   use_labels = label_mask(k_mask, B, p_uncond)
-  pred = apply_fn(params, x_t, schedule.timesteps[t], labels, use_labels, train=train,
-                  rngs={"dropout": k_drop})
   alpha_bar = schedule.alpha_bars[t]
-  err = (pred.astype(jnp.float32) - target(images, noise, alpha_bar, prediction)) ** 2
+  pred = apply_fn(params, model_input(x_t, alpha_bar, prediction, sigma_data),
+                  schedule.timesteps[t], labels, use_labels, train=train, rngs={"dropout": k_drop})
+  err = (pred.astype(jnp.float32)
+         - target(images, noise, alpha_bar, prediction, sigma_data)) ** 2
   mse_B = jnp.mean(err, axis=tuple(range(1, err.ndim)))
-  loss_B = loss_weight(alpha_bar, prediction, weighting, min_snr_gamma) * mse_B
+  loss_B = loss_weight(alpha_bar, prediction, weighting, min_snr_gamma, sigma_data) * mse_B
   if adaptive is not None:
     u_B = adaptive_log_variance(adaptive, alpha_bar)
     loss_B = loss_B * jnp.exp(-u_B) + u_B

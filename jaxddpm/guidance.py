@@ -117,7 +117,7 @@ def make_guide_fn(guide_model, guide_params) -> Callable | None:
 GUIDE_MUST_MATCH = {
     "data": ("dataset", "image_size", "channels", "num_classes", "conditioning"),
     "diffusion": ("schedule", "num_timesteps", "beta_start", "beta_end", "cosine_s",
-                  "max_beta", "zero_terminal_snr", "prediction"),
+                  "max_beta", "zero_terminal_snr", "prediction", "sigma_data"),
 }
 
 

@@ -104,6 +104,7 @@ def guidance_sweep(config, params, labels, key: jax.Array,
         denoise, schedule, key, labels, shape, sampler=opts["sampler"], steps=opts["steps"],
         spacing=opts["spacing"], eta=opts["eta"], guidance_scale=s,
         guidance_interval=opts["guidance_interval"], prediction=config.diffusion.prediction,
+        sigma_data=config.diffusion.sigma_data,
         clip_x0=opts["clip_x0"], variance=opts["variance"], guided_fn=guided,
         guide_fn=guidance.make_guide_fn(guide_model, guide_params))
     return jax.vmap(one)(scales)

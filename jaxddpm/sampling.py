@@ -122,6 +122,7 @@ def sample_loop(
     guidance_scale=1.0,
     guidance_interval=(),
     prediction: str = "eps",
+    sigma_data: float = diffusion.SIGMA_DATA,
     clip_x0: bool = True,
     variance: str = "small",
     return_trajectory: bool = False,
@@ -151,7 +152,9 @@ def sample_loop(
       conditional prediction at the others (one network pass there, not two).
       DPM-Solver++ with log-SNR steps and s >= 2 then steps from where guidance
       switches on (step_schedule).
-    prediction: what denoise_fn predicts: "eps", "x0" or "v".
+    prediction: what denoise_fn predicts: "eps", "x0", "v" or "edm" (which also
+      scales denoise_fn's input x_t by c_in; see diffusion.py).
+    sigma_data: σ_d of the "edm" prediction.
     clip_x0: clip x̂_0 to [-1, 1] and re-derive ε̂ from it.
     variance: DDPM variance, "small" (β̃_t) or "large" (β_t).
     return_trajectory: also return per-step states and statistics.
@@ -220,7 +223,8 @@ def sample_loop(
     x_t, x0_last = carry  # x0_last: the previous step's x̂_0 (DPM-Solver++ history).
     t_B = jnp.full((B,), sched.timesteps[i])
     ab_B = jnp.full((B,), sched.alpha_bars[i])
-    x0, eps = diffusion.to_x0_eps(predict(x_t, t_B, i), x_t, ab_B, prediction)
+    x_in = diffusion.model_input(x_t, ab_B, prediction, sigma_data)
+    x0, eps = diffusion.to_x0_eps(predict(x_in, t_B, i), x_t, ab_B, prediction, sigma_data)
     clip_fraction = jnp.mean((jnp.abs(x0) > 1.0).astype(jnp.float32))
     if clip_x0:
       x0 = jnp.clip(x0, -1.0, 1.0)
@@ -361,7 +365,7 @@ def make_sampler(config, *, with_stats: bool = False, with_trajectory: bool = Fa
         denoise_fn, schedule, key, labels, shape,
         sampler=opts["sampler"], steps=opts["steps"], spacing=opts["spacing"], eta=opts["eta"],
         guidance_scale=opts["guidance_scale"], guidance_interval=opts["guidance_interval"],
-        prediction=config.diffusion.prediction,
+        prediction=config.diffusion.prediction, sigma_data=config.diffusion.sigma_data,
         clip_x0=opts["clip_x0"], variance=opts["variance"], return_stats=with_stats,
         return_trajectory=with_trajectory,
         batch_sharding=parallel.batch_sharding(mesh) if sharded else None,

@@ -175,6 +175,7 @@ def to_model_range(images: jnp.ndarray) -> jnp.ndarray:
 
 def check_diffusion_config(d) -> None:
   diffusion.check_prediction(d.prediction)
+  diffusion.check_sigma_data(d.sigma_data)
   if d.loss_weighting not in diffusion.WEIGHTINGS:
     raise ValueError(f"unknown diffusion.loss_weighting {d.loss_weighting!r}; "
                      f"choose one of {diffusion.WEIGHTINGS}.")
@@ -210,7 +211,8 @@ def _loss(model, schedule, d, params, batch, key, train):
       _apply_fn(model), params, schedule, to_model_range(batch["image"]), batch["label"], key,
       prediction=d.prediction, weighting=d.loss_weighting, min_snr_gamma=d.min_snr_gamma,
       p_uncond=d.p_uncond, noise_levels=d.noise_levels,
-      lognormal=(d.lognormal_mean, d.lognormal_std), adaptive=adaptive, train=train)
+      lognormal=(d.lognormal_mean, d.lognormal_std), adaptive=adaptive,
+      sigma_data=d.sigma_data, train=train)
 
 
 def train_step(state: TrainState, batch, key: jax.Array, *, model, schedule, tx,

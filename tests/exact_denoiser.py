@@ -50,6 +50,24 @@ def gaussian_denoiser(alpha_bars_T, mus_KHWC, sigma, prediction, uncond_mean_HWC
   return denoise
 
 
+def edm_form(x0_denoise_fn, alpha_bars_T, sigma_data):
+  """An x₀-predicting denoise_fn rewritten as EDM's network F (Karras et al. 2022,
+  Table 1): it receives c_in·x with x = x_t/√ᾱ and σ² = (1-ᾱ)/ᾱ, and returns
+  F = (D(x) - c_skip·x)/c_out, c_in = 1/√(σ²+σ_d²), c_skip = σ_d²/(σ²+σ_d²),
+  c_out = σ·σ_d/√(σ²+σ_d²)."""
+
+  def denoise(z, t, labels, use_labels):
+    ab = alpha_bars_T[t][:, None, None, None]
+    sigma2 = (1.0 - ab) / ab
+    x = z * jnp.sqrt(sigma2 + sigma_data**2)  # Undo c_in.
+    d = x0_denoise_fn(jnp.sqrt(ab) * x, t, labels, use_labels)
+    c_skip = sigma_data**2 / (sigma2 + sigma_data**2)
+    c_out = jnp.sqrt(sigma2) * sigma_data / jnp.sqrt(sigma2 + sigma_data**2)
+    return (d - c_skip * x) / c_out
+
+  return denoise
+
+
 def exact_sampler_moments(schedule, steps, sampler, eta, variance, mu, sigma,
                           spacing="uniform"):
   """Mean and std that the discrete sampler itself produces from Gaussian data.

@@ -107,6 +107,66 @@ def test_v_prediction_is_edm_preconditioning_with_unit_data_std():
       diffusion.loss_weight(ab, "v", "uniform")), edm_loss, rtol=1e-4)
 
 
+def _edm_coefficients(ab, sigma_data):
+  """EDM's Table 1 in its own σ (float64), with x = x_t/√ᾱ the variance-exploding input."""
+  ab = np.asarray(ab, np.float64)[:, None, None, None]
+  sigma2 = (1 - ab) / ab
+  c_skip = sigma_data**2 / (sigma2 + sigma_data**2)
+  c_out = np.sqrt(sigma2) * sigma_data / np.sqrt(sigma2 + sigma_data**2)
+  c_in = 1 / np.sqrt(sigma2 + sigma_data**2)
+  return np.sqrt(ab), c_skip, c_out, c_in
+
+
+@pytest.mark.parametrize("sigma_data", [0.5, 0.8])
+def test_edm_prediction_is_karras_preconditioning(sigma_data):
+  """The "edm" prediction against EDM's formulas in σ (Karras et al. 2022, Table 1):
+  the network sees c_in·x, x̂_0 = c_skip·x + c_out·F, the target is
+  (x_0 - c_skip·x)/c_out, and "uniform" weighting is EDM's λ = 1/c_out²; min_snr
+  gives x̂_0's error the weight min(SNR, γ) as for the other predictions."""
+  x0, eps, ab = _draws()
+  sqrt_ab, c_skip, c_out, c_in = _edm_coefficients(ab, sigma_data)
+  x = np.asarray(x0, np.float64) + np.sqrt((1 - sqrt_ab**2)) / sqrt_ab * np.asarray(eps,
+                                                                                     np.float64)
+  x_t = jnp.asarray(sqrt_ab * x, jnp.float32)
+  kw = dict(prediction="edm", sigma_data=sigma_data)
+  np.testing.assert_allclose(np.asarray(diffusion.model_input(x_t, ab, **kw)), c_in * x,
+                             rtol=1e-4, atol=1e-4)
+  f = np.asarray(jax.random.normal(jax.random.key(5), x0.shape), np.float64)  # Any output.
+  x0_hat, _ = diffusion.to_x0_eps(jnp.asarray(f, jnp.float32), x_t, ab, **kw)
+  np.testing.assert_allclose(np.asarray(x0_hat), c_skip * x + c_out * f, rtol=1e-4, atol=1e-4)
+  target = (np.asarray(x0, np.float64) - c_skip * x) / c_out
+  np.testing.assert_allclose(np.asarray(diffusion.target(x0, eps, ab, **kw)), target,
+                             rtol=1e-3, atol=1e-3)
+  edm_loss = ((c_skip * x + c_out * f - np.asarray(x0, np.float64))**2 / c_out**2).mean(
+      axis=(1, 2, 3))
+  f_mse = ((f - target)**2).mean(axis=(1, 2, 3))
+  w = np.asarray(diffusion.loss_weight(ab, "edm", "uniform", sigma_data=sigma_data))
+  np.testing.assert_allclose(w * f_mse, edm_loss, rtol=1e-4)
+  ab64 = np.asarray(ab, np.float64)
+  w = np.asarray(diffusion.loss_weight(ab, "edm", "min_snr", 5.0, sigma_data=sigma_data))
+  np.testing.assert_allclose(w / c_out[:, 0, 0, 0]**2, np.minimum(ab64 / (1 - ab64), 5.0),
+                             rtol=1e-4)
+
+
+def test_edm_input_and_target_have_unit_variance_and_unit_data_std_is_v():
+  """Why EDM preconditions: for data of std σ_d the network's input and target both
+  have unit variance at every noise level (measured on 200,000 draws). At σ_d = 1
+  the target is -v."""
+  ab = jnp.array([0.999, 0.9, 0.5, 0.1, 0.001])
+  n = 200_000
+  k1, k2 = jax.random.split(jax.random.key(7))
+  x0 = 0.5 * jax.random.normal(k1, (5, n))  # σ_d = 0.5.
+  eps = jax.random.normal(k2, (5, n))
+  x_t = jnp.sqrt(ab)[:, None] * x0 + jnp.sqrt(1 - ab)[:, None] * eps
+  for got in (diffusion.model_input(x_t, ab, "edm", 0.5),
+              diffusion.target(x0, eps, ab, "edm", 0.5)):
+    np.testing.assert_allclose(np.asarray(jnp.std(got, axis=1)), 1.0, atol=0.01)
+  np.testing.assert_allclose(np.asarray(diffusion.target(x0, eps, ab, "edm", 1.0)),
+                             -np.asarray(diffusion.target(x0, eps, ab, "v")), atol=1e-5)
+  with pytest.raises(ValueError, match="sigma_data must be a number > 0"):
+    diffusion.check_sigma_data(0.0)
+
+
 def test_lognormal_noise_levels_follow_the_normal_cdf():
   """EDM's draw: ln σ_t ~ N(-1.2, 1.2²), rounded up to the schedule's grid. The
   share of draws at or below each grid level σ_t must be Φ((ln σ_t + 1.2)/1.2)

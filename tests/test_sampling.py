@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from exact_denoiser import (exact_dpm_solver_moments, exact_sampler_moments, gaussian_denoiser,
-                            interval_cfg_affine, onset_grid)
+from exact_denoiser import (edm_form, exact_dpm_solver_moments, exact_sampler_moments,
+                            gaussian_denoiser, interval_cfg_affine, onset_grid)
 from jaxddpm import guidance, sampling, schedules
 
 K, N, SIGMA = 4, 256, 0.15  # classes, samples per class, data std per pixel
@@ -308,6 +308,21 @@ def test_ddim_eta_adds_noise():
       den, schedule, key, LABELS, SHAPE, sampler="ddim", steps=50, eta=eta))
   k = jax.random.key(0)
   assert np.abs(run(1.0, k) - run(0.0, k)).mean() > 0.01
+
+
+def test_edm_prediction_samples_as_the_same_denoiser_predicting_x0():
+  """A network in EDM's form (fed c_in·x, returning F) of the exact denoiser must
+  give the x₀-predicting denoiser's samples: the sampler scales the input by c_in
+  and reads x̂_0 = c_skip·x + c_out·F. Guided, so the unconditional pass goes the
+  same way."""
+  schedule = SCHEDULES["cosine"]
+  x0_den = gaussian_denoiser(schedule.alpha_bars, MUS, SIGMA, "x0")
+  run = jax.jit(lambda k: {p: sampling.sample_loop(
+      d, schedule, k, LABELS[::8], SHAPE, sampler="ddim", steps=20, guidance_scale=2.0,
+      prediction=p, sigma_data=0.5)
+      for p, d in (("x0", x0_den), ("edm", edm_form(x0_den, schedule.alpha_bars, 0.5)))})
+  x = run(jax.random.key(3))
+  np.testing.assert_allclose(np.asarray(x["edm"]), np.asarray(x["x0"]), atol=1e-4)
 
 
 def test_zero_terminal_snr_v_prediction_samples_data():

@@ -290,6 +290,7 @@ GOLDEN_SECOND_LOSS = 0.256554
     ({"optim.optimizer": "sgd"}, "optimizer"),
     ({"diffusion.p_uncond": 1.5}, "p_uncond"),
     ({"diffusion.prediction": "score"}, "prediction"),
+    ({"diffusion.sigma_data": -0.5}, "sigma_data must be a number > 0"),
     ({"diffusion.loss_weighting": "p2"}, "weighting"),
     ({"diffusion.schedule": "sigmoid"}, "schedule"),
     ({"diffusion.zero_terminal_snr": True, "diffusion.prediction": "eps"}, "zero_terminal_snr"),
