@@ -33,7 +33,7 @@ from jaxddpm import (checkpoint, diagnostics, diffusion, guidance, images,  # no
 
 
 def seed_update_sampler(denoise_fn, train_schedule, betas, key, labels, shape, *,
-                        guidance_scale, prediction):
+                        guidance_scale, prediction, sigma_data=diffusion.SIGMA_DATA):
   """The seed's DDPM loop over all T steps as a lax.scan; returns (x_0, stats)."""
   b = np.asarray(betas, np.float64)
   alphas = jnp.asarray(1.0 - b, jnp.float32)
@@ -45,10 +45,12 @@ def seed_update_sampler(denoise_fn, train_schedule, betas, key, labels, shape, *
 
   def body(x_t, t):
     t_B = jnp.full((B,), t)
-    pred = guidance.guided_prediction(denoise_fn, x_t, t_B, labels, guidance_scale)
     # The model's output read as ε̂ through its own training schedule.
-    _, eps = diffusion.to_x0_eps(pred, x_t, jnp.full((B,), train_schedule.alpha_bars[t]),
-                                 prediction)
+    train_ab = jnp.full((B,), train_schedule.alpha_bars[t])
+    pred = guidance.guided_prediction(
+        denoise_fn, diffusion.model_input(x_t, train_ab, prediction, sigma_data), t_B, labels,
+        guidance_scale)
+    _, eps = diffusion.to_x0_eps(pred, x_t, train_ab, prediction, sigma_data)
     ab = alpha_bars[t]
     x0_implied = (x_t - jnp.sqrt(1 - ab) * eps) / jnp.sqrt(ab)
     mean = (x_t - betas32[t] / jnp.sqrt(1 - ab) * eps) / jnp.sqrt(alphas[t])
@@ -102,7 +104,7 @@ def main():
     betas = schedules.cosine_betas(d.num_timesteps, d.cosine_s, max_beta)
     run = jax.jit(lambda k: seed_update_sampler(
         denoise, train_schedule, betas, k, labels, shape, guidance_scale=args.guidance,
-        prediction=d.prediction))
+        prediction=d.prediction, sigma_data=d.sigma_data))
     t0 = time.perf_counter()
     x, stats = jax.device_get(run(key))
     print(f"{title}: {time.perf_counter() - t0:.0f} s; "
