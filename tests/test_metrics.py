@@ -114,6 +114,15 @@ def test_classifier_training_is_deterministic_and_learns(mnist_splits):
   test = splits["test"]
   small = type(test)(test.images[:2000], test.labels[:2000])
   assert classifier.accuracy(apply, small) > 0.75  # 2,048 images, 3 epochs, 8/16 channels.
+  # Batching: one image, a power-of-two batch, and full batches with a padded last one
+  # all give the model's own outputs on those images.
+  direct = jax.jit(lambda x: model.apply({"params": p1}, x))
+  for n in (1, 40, 600):
+    feats, logits = classifier.make_apply(model, p1, batch_size=256)(test.images[:n])
+    want_f, want_l = direct(test.images[:n])
+    assert feats.shape == (n, TINY.feature_dim) and feats.dtype == np.float64
+    np.testing.assert_allclose(feats, want_f, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits, want_l, rtol=1e-5, atol=1e-5)
 
 
 def _row_set(split):
