@@ -93,7 +93,17 @@ def _config_arg(argv):
 
 
 def _interrupt(signum, frame):
+  from jaxddpm import loop
+  loop.request_stop()  # Stands where the raise below is dropped (see loop.request_stop).
   raise KeyboardInterrupt
+
+
+def _unraisable(args):
+  """Python's report of an exception it could not raise, less a stop signal's
+  KeyboardInterrupt dropped inside a callback: training stops at its next chunk
+  all the same, and the trace would read as a crash."""
+  if not issubclass(args.exc_type, KeyboardInterrupt):
+    sys.__unraisablehook__(args)
 
 
 def main(argv):
@@ -129,6 +139,8 @@ def main(argv):
         print(note, file=sys.stderr)
       # SIGTERM (SLURM preemption, `kill`) stops training as Ctrl-C does: work kept.
       signal.signal(signal.SIGTERM, _interrupt)
+      signal.signal(signal.SIGINT, _interrupt)
+      sys.unraisablehook = _unraisable
       cli.train(FLAGS.config, workdir, quiet=FLAGS.quiet)
     else:
       sampling = dict(sampler=FLAGS.sampler, steps=FLAGS.steps, spacing=FLAGS.spacing,

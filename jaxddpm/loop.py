@@ -9,6 +9,7 @@ import contextlib
 import os
 import socket
 import sys
+import threading
 import time
 from typing import Callable
 
@@ -30,6 +31,19 @@ from jaxddpm.train import (check_diffusion_config, create_train_state, end_epoch
 
 class NonFiniteError(FloatingPointError):
   """The loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
+
+
+# Set by a stop signal's handler (launch.py) beside its KeyboardInterrupt. Python
+# prints and drops an exception raised inside a callback it calls from C, such as
+# JAX's garbage-collection hook, so a signal landing there would be lost; training
+# checks this after each chunk and stops there as if interrupted.
+_stop = threading.Event()
+
+
+def request_stop() -> None:
+  """Makes a running (or the next) training stop after its current chunk, saving
+  as on Ctrl-C (KeyboardInterrupt)."""
+  _stop.set()
 
 
 def make_chunk_fn(step_fn: Callable, batch_size: int, mesh=None, steps: int = 1) -> Callable:
@@ -245,6 +259,8 @@ def _train(config, workdir: str) -> dict:
       # returns, then saves within one chunk's time (schedulers kill 30 s after
       # SIGTERM), not after a queue of dispatched chunks has run.
       metrics["loss"].block_until_ready()
+      if _stop.is_set():
+        raise KeyboardInterrupt
       crossed = lambda every: step // every != (step - k) // every
       at_epoch_end = step % steps_per_epoch == 0
       must_save = at_epoch_end or crossed(config.train.checkpoint_every_steps) or step == total
@@ -291,6 +307,7 @@ def _train(config, workdir: str) -> dict:
     stopped_early = step < total
     ckpt.save(state)
   except KeyboardInterrupt:
+    _stop.clear()  # Handled: a later run in this process starts afresh.
     flush = lambda: _flush_metrics(pending, log, bar, ckpt, state, lr_at, last_log_time,
                                    last_log_step, B)
     saved = _save_interrupted(ckpt, state, flush, validated, steps_per_epoch)

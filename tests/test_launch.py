@@ -259,3 +259,38 @@ def test_the_readme_python_api_is_exported():
   assert jaxddpm.train_and_evaluate is loop.train_and_evaluate
   assert jaxddpm.evaluate_checkpoint is evaluate.evaluate_checkpoint
   assert all(hasattr(jaxddpm, name) for name in jaxddpm.__all__)
+
+
+def test_a_stop_signal_stands_where_python_drops_its_interrupt(capsys):
+  """The SIGTERM / Ctrl-C handler raises KeyboardInterrupt and also asks training to
+  stop (test_loop.py: test_ctrl_c_saves_the_last_finished_chunk), since Python drops
+  an exception raised inside a callback it calls from C (JAX's garbage-collection
+  hook): its printed trace is left out then, and every other one kept."""
+  import signal
+  import sys
+
+  import launch
+  from jaxddpm import loop
+  assert not loop._stop.is_set()
+  with pytest.raises(KeyboardInterrupt):
+    launch._interrupt(signal.SIGTERM, None)
+  assert loop._stop.is_set()
+  loop._stop.clear()
+
+  def report(exc):
+    """Python's own report of `exc` raised where it cannot propagate (a __del__)."""
+    seen = []
+
+    class Raises:
+      def __del__(self):
+        raise exc
+    hook, sys.unraisablehook = sys.unraisablehook, seen.append
+    try:
+      Raises()
+    finally:
+      sys.unraisablehook = hook
+    return seen[0]
+  launch._unraisable(report(KeyboardInterrupt()))
+  assert capsys.readouterr().err == ""
+  launch._unraisable(report(ValueError("a real fault")))
+  assert "ValueError: a real fault" in capsys.readouterr().err

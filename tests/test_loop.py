@@ -71,21 +71,26 @@ def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path, smoke_referenc
 def test_ctrl_c_saves_the_last_finished_chunk(smoke_config, tmp_path, monkeypatch,
                                               smoke_reference):
   """KeyboardInterrupt while training keeps the work since the last checkpoint, except
-  at an epoch end whose validation has not run; the rerun equals an uninterrupted run."""
+  at an epoch end whose validation has not run; the rerun equals an uninterrupted run.
+  A stop signal whose KeyboardInterrupt Python dropped (raised inside a callback it
+  calls from C: only loop.request_stop stands) stops training after the next chunk."""
   _, want = checkpoint.load_checkpoint(smoke_reference[0], which="latest", ema=False)
   write = progress.MetricsLog.write
   # Interrupts arrive where the loop blocks: fetching a chunk's metrics to log them.
-  for stop_at, kept in ((12, 12), (16, 8)):  # Saves every 8 steps; 16 steps per epoch.
+  # Saves every 8 steps; 16 steps per epoch; 1 step per chunk.
+  for stop_at, kept, dropped in ((12, 12, False), (16, 8, False), (12, 13, True)):
     fired = []
 
     def interrupting(self, **record):
       if record.get("step") == stop_at and "loss" in record and not fired:
         fired.append(True)
-        raise KeyboardInterrupt
+        loop.request_stop()  # As launch.py's signal handler does, then raises.
+        if not dropped:
+          raise KeyboardInterrupt
       return write(self, **record)
 
     monkeypatch.setattr(progress.MetricsLog, "write", interrupting)
-    run = tmp_path / f"stop_{stop_at}"
+    run = tmp_path / f"stop_{stop_at}_{dropped}"
     with pytest.raises(KeyboardInterrupt):
       loop.train_and_evaluate(smoke_config, str(run))
     assert max(int(d) for d in os.listdir(run / "checkpoints" / "latest") if d.isdigit()) == kept
