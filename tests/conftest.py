@@ -68,22 +68,26 @@ def pytest_unconfigure(config):
     os.environ.pop(RUN_ENV, None)
 
 
-# The files that take longest, longest first: `--dist loadfile` hands files to the
-# workers in collection order, and a long file started last keeps one worker busy
-# while the other idles.
-SLOW_FILES = ("test_loop.py", "test_parallel.py", "test_launch.py", "test_sampling.py",
-              "test_faults.py", "test_attributes.py", "test_models.py", "test_train.py",
-              "test_conv.py")
+# The order files go to the workers (`--dist loadfile --no-loadscope-reorder` keeps
+# collection order): the longest first (their time on two workers, docs/results.md,
+# "Test suite"), so that no long file starts while the other worker idles; then the
+# rest; test_parallel.py last, whose subprocesses use both cores while the other
+# worker has finished.
+SLOW_FILES = ("test_loop.py", "test_launch.py", "test_sampling.py", "test_train.py",
+              "test_faults.py", "test_attributes.py", "test_conv.py", "test_models.py",
+              "test_metrics.py", "test_evaluate.py", "test_pictures.py", "test_diffusion.py")
+LAST_FILES = ("test_parallel.py",)
 
 
 def pytest_collection_modifyitems(items):
   """Tests that read the real data carry the `real_data` marker: the one explicit
   way to leave them out (`-m 'not real_data'`). Without the data they fail. Slow
-  files first (SLOW_FILES), each file's tests in their own order."""
+  files first (SLOW_FILES), LAST_FILES last, each file's tests in their own order."""
   for item in items:
     if "real_data_dir" in getattr(item, "fixturenames", ()):
       item.add_marker(pytest.mark.real_data)
   rank = {name: i for i, name in enumerate(SLOW_FILES)}
+  rank.update({name: len(SLOW_FILES) + 1 + i for i, name in enumerate(LAST_FILES)})
   items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
 
 
