@@ -69,10 +69,9 @@ def pytest_unconfigure(config):
 
 
 # The order files go to the workers (`--dist loadfile --no-loadscope-reorder` keeps
-# collection order): the longest first (their time on two workers, docs/results.md,
-# "Test suite"), so that no long file starts while the other worker idles; then the
-# rest; test_parallel.py last, whose subprocesses use both cores while the other
-# worker has finished.
+# collection order): the longest first (by their time in a full run), so that no
+# long file starts while the other worker idles; then the rest; test_parallel.py
+# last, whose subprocesses use both cores when the other worker has finished.
 SLOW_FILES = ("test_loop.py", "test_launch.py", "test_sampling.py", "test_train.py",
               "test_faults.py", "test_attributes.py", "test_conv.py", "test_models.py",
               "test_metrics.py", "test_evaluate.py", "test_pictures.py", "test_diffusion.py")
